@@ -1,0 +1,1 @@
+//! Fast CPU kernels over flat NCHW `f32` buffers (batch 1).

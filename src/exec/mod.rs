@@ -1,0 +1,3 @@
+//! Executing a compiled graph: kernels, weights and the forward pass.
+
+pub mod kernels;

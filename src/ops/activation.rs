@@ -1,0 +1,98 @@
+//! Pointwise activations: ReLU, ReLU6, h_sigmoid and h_swish.
+
+use crate::cost::Cost;
+use crate::error::{Error, Result};
+
+/// A pointwise activation function, named as in specs (`relu`, `relu6`, `hsigmoid`, `hswish`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// `nn.ReLU`.
+    Relu,
+    /// `nn.ReLU6`.
+    Relu6,
+    /// TopFormer's `h_sigmoid`: `ReLU6(x + 3) / 6`, a ReLU6 module wrapped in functional arithmetic.
+    Hsigmoid,
+    /// `nn.Hardswish`: `x · ReLU6(x + 3) / 6`.
+    Hswish,
+}
+
+impl Activation {
+    /// Every activation a spec may name.
+    pub const ALL: [Activation; 4] = [Activation::Relu, Activation::Relu6, Activation::Hsigmoid, Activation::Hswish];
+
+    /// The spec name of this activation.
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Relu => "relu",
+            Activation::Relu6 => "relu6",
+            Activation::Hsigmoid => "hsigmoid",
+            Activation::Hswish => "hswish",
+        }
+    }
+
+    /// Parses a spec name; the error lists the accepted names.
+    pub fn parse(name: &str) -> Result<Self> {
+        Self::ALL.into_iter().find(|a| a.name() == name).ok_or_else(|| {
+            let known: Vec<_> = Self::ALL.iter().map(|a| a.name()).collect();
+            Error::input(format!("unknown activation '{name}' (expected one of: {})", known.join(", ")))
+        })
+    }
+
+    /// Applies the activation to one value.
+    #[inline(always)]
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            Activation::Relu => x.max(0.0),
+            Activation::Relu6 => x.clamp(0.0, 6.0),
+            Activation::Hsigmoid => (x + 3.0).clamp(0.0, 6.0) / 6.0,
+            Activation::Hswish => x * (x + 3.0).clamp(0.0, 6.0) / 6.0,
+        }
+    }
+
+    /// Applies the activation in place.
+    pub fn apply_slice(self, data: &mut [f32]) {
+        for x in data {
+            *x = self.apply(*x);
+        }
+    }
+
+    /// Cost on a tensor of `numel` elements. mmcv (`paper`) counts `nn.ReLU` and `nn.ReLU6` modules,
+    /// including the ReLU6 module inside `h_sigmoid`, as one per output element; it has no hook for
+    /// `nn.Hardswish`. fvcore and plain MACs count no activation.
+    pub fn cost(self, numel: u64) -> Cost {
+        let paper = match self {
+            Activation::Relu | Activation::Relu6 | Activation::Hsigmoid => numel,
+            Activation::Hswish => 0,
+        };
+        Cost { paper, fvcore: 0, macs: 0 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_match_pytorch_definitions() {
+        assert_eq!(Activation::Relu.apply(-1.5), 0.0);
+        assert_eq!(Activation::Relu6.apply(7.0), 6.0);
+        assert_eq!(Activation::Hsigmoid.apply(0.0), 0.5);
+        assert_eq!(Activation::Hsigmoid.apply(-4.0), 0.0);
+        assert_eq!(Activation::Hswish.apply(1.0), 1.0 * 4.0 / 6.0);
+    }
+
+    #[test]
+    fn paper_counts_relu_modules_only() {
+        assert_eq!(Activation::Relu6.cost(10).paper, 10);
+        assert_eq!(Activation::Hsigmoid.cost(10).paper, 10);
+        assert_eq!(Activation::Hswish.cost(10).paper, 0);
+        assert_eq!(Activation::Relu.cost(10).fvcore, 0);
+    }
+
+    #[test]
+    fn unknown_name_lists_choices() {
+        let err = Activation::parse("gelu").unwrap_err().to_string();
+        assert!(err.contains("gelu") && err.contains("relu6"), "{err}");
+    }
+}
