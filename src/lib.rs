@@ -3,4 +3,6 @@
 pub mod cost;
 pub mod error;
 pub mod exec;
+pub mod graph;
 pub mod ops;
+pub mod spec;

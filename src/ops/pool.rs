@@ -1,0 +1,73 @@
+//! Average pooling: the token pyramid's functional adaptive pooling and the classifier's global pool module.
+
+use super::{nchw, numel, Shape};
+use crate::cost::Cost;
+
+/// Functional `F.adaptive_avg_pool2d(x, (out_h, out_w))`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdaptiveAvgPool {
+    /// Output height.
+    pub out_h: usize,
+    /// Output width.
+    pub out_w: usize,
+}
+
+impl AdaptiveAvgPool {
+    /// [N, C, out_h, out_w].
+    pub fn infer_shape(&self, input: &Shape) -> Result<Shape, String> {
+        let (n, c, _, _) = nchw(input)?;
+        if self.out_h == 0 || self.out_w == 0 {
+            return Err("adaptive pool to an empty size".into());
+        }
+        Ok(vec![n, c, self.out_h, self.out_w])
+    }
+}
+
+/// PyTorch's adaptive pooling bin `[start, end)` for output index `i`.
+pub fn adaptive_bin(i: usize, input: usize, output: usize) -> (usize, usize) {
+    (i * input / output, ((i + 1) * input).div_ceil(output))
+}
+
+/// Functional, so mmcv (`paper`) does not see it; fvcore counts one per input element.
+pub fn adaptive_cost(input: &Shape) -> Cost {
+    Cost { paper: 0, fvcore: numel(input), macs: 0 }
+}
+
+/// `nn.AdaptiveAvgPool2d(1)` followed by flatten: [N, C, H, W] → [N, C].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GlobalAvgPool;
+
+impl GlobalAvgPool {
+    /// [N, C].
+    pub fn infer_shape(&self, input: &Shape) -> Result<Shape, String> {
+        let (n, c, _, _) = nchw(input)?;
+        Ok(vec![n, c])
+    }
+}
+
+/// A pooling module: mmcv and fvcore both count one per input element.
+pub fn global_cost(input: &Shape) -> Cost {
+    Cost { paper: numel(input), fvcore: numel(input), macs: 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uneven_bins_overlap_like_pytorch() {
+        // 5 → 2: [0, 3) and [2, 5)
+        assert_eq!(adaptive_bin(0, 5, 2), (0, 3));
+        assert_eq!(adaptive_bin(1, 5, 2), (2, 5));
+        assert_eq!(adaptive_bin(1, 26, 2), (13, 26));
+    }
+
+    #[test]
+    fn shapes_and_costs() {
+        let x = vec![1, 4, 5, 7];
+        assert_eq!(AdaptiveAvgPool { out_h: 2, out_w: 2 }.infer_shape(&x).unwrap(), vec![1, 4, 2, 2]);
+        assert_eq!(GlobalAvgPool.infer_shape(&x).unwrap(), vec![1, 4]);
+        assert_eq!(adaptive_cost(&x), Cost { paper: 0, fvcore: 140, macs: 0 });
+        assert_eq!(global_cost(&x), Cost { paper: 140, fvcore: 140, macs: 0 });
+    }
+}

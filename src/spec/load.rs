@@ -1,0 +1,214 @@
+//! Loading specs from the embedded set or from files, resolving `extends`, and naming errors by file and line.
+
+use super::locate::Locator;
+use super::Spec;
+use crate::error::{Error, Result};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// A spec compiled into the binary from `specs/`.
+pub struct EmbeddedSpec {
+    /// The spec's name (its file stem).
+    pub name: &'static str,
+    /// The TOML text.
+    pub text: &'static str,
+}
+
+macro_rules! embed {
+    ($($name:literal),* $(,)?) => {
+        &[$(EmbeddedSpec { name: $name, text: include_str!(concat!("../../specs/", $name, ".toml")) }),*]
+    };
+}
+
+/// Every spec shipped in `specs/`, embedded so the binary works from any directory.
+pub fn embedded_specs() -> &'static [EmbeddedSpec] {
+    embed!(
+        "topformer-tiny",
+        "topformer-small",
+        "topformer-base",
+        "topformer-base-cityscapes",
+        "topformer-tiny-imagenet",
+        "topformer-small-imagenet",
+        "topformer-base-imagenet",
+    )
+}
+
+/// A resolved spec and where it came from.
+#[derive(Clone, Debug)]
+pub struct LoadedSpec {
+    /// The validated spec.
+    pub spec: Spec,
+    /// The file (or embedded spec) it was read from.
+    pub origin: String,
+}
+
+/// One document of an `extends` chain.
+struct Source {
+    origin: String,
+    table: toml::Table,
+    locator: Locator,
+    dir: Option<PathBuf>,
+}
+
+impl Source {
+    fn parse(origin: String, text: &str, dir: Option<PathBuf>) -> Result<Self> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| {
+            let at = e.span().map(|s| format!(":{}", text[..s.start].matches('\n').count() + 1)).unwrap_or_default();
+            Error::input(format!("{origin}{at}: invalid TOML: {}", e.message()))
+        })?;
+        Ok(Source { origin, table, locator: Locator::new(text), dir })
+    }
+
+    fn extends(&self) -> Result<Option<String>> {
+        match self.table.get("extends") {
+            None => Ok(None),
+            Some(toml::Value::String(parent)) => Ok(Some(parent.clone())),
+            Some(_) => Err(self.error("extends", "must be a spec name or file path (a string)")),
+        }
+    }
+
+    fn error(&self, key: &str, message: impl std::fmt::Display) -> Error {
+        let at = self.locator.line(key).map(|l| format!(":{l}")).unwrap_or_default();
+        Error::input(format!("{}{at}: {key}: {message}", self.origin))
+    }
+}
+
+/// Loads an embedded spec by name; `tiny`, `small`, `base` are short for `topformer-tiny`… .
+pub fn load_embedded(name: &str) -> Result<LoadedSpec> {
+    resolve(embedded_source(name)?)
+}
+
+/// Loads a spec file (which may `extends` another file beside it or an embedded spec).
+pub fn load_file(path: &Path) -> Result<LoadedSpec> {
+    resolve(file_source(path)?)
+}
+
+fn find_embedded(name: &str) -> Option<&'static EmbeddedSpec> {
+    let full = format!("topformer-{name}");
+    embedded_specs().iter().find(|s| s.name == name || s.name == full)
+}
+
+fn embedded_source(name: &str) -> Result<Source> {
+    let spec = find_embedded(name).ok_or_else(|| {
+        let names: Vec<_> = embedded_specs().iter().map(|s| s.name).collect();
+        Error::input(format!("unknown variant '{name}' (known: {}; or pass --spec FILE)", names.join(", ")))
+    })?;
+    Source::parse(format!("specs/{}.toml", spec.name), spec.text, None)
+}
+
+fn file_source(path: &Path) -> Result<Source> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    Source::parse(path.display().to_string(), &text, path.parent().map(Path::to_path_buf))
+}
+
+/// Follows `extends` from `child` to the root, merges root-first, deserialises and validates.
+fn resolve(child: Source) -> Result<LoadedSpec> {
+    let mut chain = vec![child];
+    while let Some(parent) = chain.last().map(Source::extends).transpose()?.flatten() {
+        let current = chain.last().expect("chain is never empty");
+        let beside = current.dir.as_ref().map(|d| d.join(&parent)).into_iter().flat_map(|p| {
+            let with_ext = p.with_extension("toml");
+            [p, with_ext]
+        });
+        let source = match beside.into_iter().find(|p| p.is_file()) {
+            Some(file) => file_source(&file)?,
+            None if find_embedded(&parent).is_some() => embedded_source(&parent)?,
+            None => return Err(current.error("extends", format!("no spec named '{parent}'"))),
+        };
+        if chain.iter().any(|s| s.origin == source.origin) {
+            let cycle: Vec<_> = chain.iter().map(|s| s.origin.as_str()).chain([source.origin.as_str()]).collect();
+            return Err(chain[0].error("extends", format!("cycle: {}", cycle.join(" → "))));
+        }
+        chain.push(source);
+    }
+    let mut merged = toml::Table::new();
+    for source in chain.iter().rev() {
+        merge_spec(&mut merged, &source.table);
+    }
+    merged.remove("extends");
+    if !merged.contains_key("name") {
+        let stem = Path::new(&chain[0].origin).file_stem().map(|s| s.to_string_lossy().into_owned());
+        merged.insert("name".into(), toml::Value::String(stem.unwrap_or_default()));
+    }
+    // The key a problem is reported at is looked up in the most derived document that writes it.
+    let blame = |key: &str, message: String| -> Error {
+        let source = chain.iter().find(|s| s.locator.contains(key)).unwrap_or(&chain[0]);
+        source.error(key, message)
+    };
+    let spec: Spec = serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|e| {
+        let key = e.path().to_string();
+        blame(if key == "." { "name" } else { &key }, e.inner().to_string())
+    })?;
+    spec.validate().map_err(|(key, message)| blame(&key, message))?;
+    Ok(LoadedSpec { spec, origin: chain[0].origin.clone() })
+}
+
+/// Deep-merges `child` over `parent`. The task sections are alternatives: a child that writes `[classifier]`
+/// drops the parent's `[injection]` and `[head]`, and vice versa.
+fn merge_spec(parent: &mut toml::Table, child: &toml::Table) {
+    if child.contains_key("classifier") {
+        parent.remove("injection");
+        parent.remove("head");
+    }
+    if child.contains_key("injection") || child.contains_key("head") {
+        parent.remove("classifier");
+    }
+    merge_tables(parent, child);
+}
+
+fn merge_tables(parent: &mut toml::Table, child: &toml::Table) {
+    for (key, value) in child {
+        match (parent.get_mut(key), value) {
+            (Some(toml::Value::Table(p)), toml::Value::Table(c)) => merge_tables(p, c),
+            _ => {
+                parent.insert(key.clone(), value.clone());
+            }
+        }
+    }
+}
+
+/// Parses `--res`: `512` (square) or `HxW`, both positive.
+pub fn parse_resolution(text: &str) -> Result<(usize, usize)> {
+    let bad = || {
+        Error::input(format!("invalid resolution '{text}': expected a positive size such as 512 or 1024x2048 (HxW)"))
+    };
+    let side = |s: &str| s.trim().parse::<usize>().ok().filter(|&v| v > 0).ok_or_else(bad);
+    match text.split_once(['x', 'X', '×']) {
+        Some((h, w)) => Ok((side(h)?, side(w)?)),
+        None => {
+            let s = side(text)?;
+            Ok((s, s))
+        }
+    }
+}
+
+/// Deserialises a standalone TOML document into `T`, naming the file, line and key on error.
+pub fn parse_toml_document<T: for<'de> Deserialize<'de>>(origin: &str, text: &str) -> Result<T> {
+    let source = Source::parse(origin.to_string(), text, None)?;
+    serde_path_to_error::deserialize(toml::Value::Table(source.table.clone())).map_err(|e| {
+        let key = e.path().to_string();
+        source.error(&key, e.inner().to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolutions() {
+        assert_eq!(parse_resolution("512").unwrap(), (512, 512));
+        assert_eq!(parse_resolution("1024x2048").unwrap(), (1024, 2048));
+        for bad in ["0", "12x", "-5", "x3", "3x0", "abc", ""] {
+            assert!(parse_resolution(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_embedded_spec_loads() {
+        for s in embedded_specs() {
+            let loaded = load_embedded(s.name).unwrap_or_else(|e| panic!("{}: {e}", s.name));
+            assert_eq!(loaded.spec.name, s.name);
+        }
+    }
+}
