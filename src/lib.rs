@@ -1,8 +1,10 @@
 //! toparch: analyse TopFormer-family segmentation networks.
 
+pub mod cli;
 pub mod cost;
 pub mod error;
 pub mod exec;
 pub mod graph;
 pub mod ops;
+pub mod report;
 pub mod spec;

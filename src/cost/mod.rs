@@ -73,3 +73,7 @@ impl std::iter::Sum for Cost {
         iter.fold(Cost::default(), |a, b| a + b)
     }
 }
+
+mod profile;
+
+pub use profile::{round_like, Comparison, Group, Layer, Profile};

@@ -44,14 +44,13 @@ impl Builder {
         (s[2], s[3])
     }
 
+    /// A `kernel`×`kernel` conv from `x`'s channels to `out`, padded by kernel/2 as every TopFormer conv is.
     fn conv(
         &mut self,
         name: &str,
         x: NodeIndex,
         out: usize,
-        kernel: usize,
-        stride: usize,
-        groups: usize,
+        (kernel, stride, groups): (usize, usize, usize),
         bias: bool,
     ) -> Result<NodeIndex> {
         let conv = Conv2d {
@@ -93,7 +92,7 @@ impl Builder {
         stride: usize,
         groups: usize,
     ) -> Result<NodeIndex> {
-        let c = self.conv(&format!("{path}.c"), x, out, kernel, stride, groups, false)?;
+        let c = self.conv(&format!("{path}.c"), x, out, (kernel, stride, groups), false)?;
         self.batch_norm(&format!("{path}.bn"), c)
     }
 
@@ -107,7 +106,7 @@ impl Builder {
         norm: bool,
         act: Option<Activation>,
     ) -> Result<NodeIndex> {
-        let mut y = self.conv(&format!("{path}.conv"), x, out, 1, 1, groups, !norm)?;
+        let mut y = self.conv(&format!("{path}.conv"), x, out, (1, 1, groups), !norm)?;
         if norm {
             y = self.batch_norm(&format!("{path}.bn"), y)?;
         }
@@ -215,7 +214,7 @@ impl Builder {
         let dim = self.channels(x);
         let hidden = (dim as f64 * se.mlp_ratio) as usize;
         let y = self.conv_bn(&format!("{path}.fc1"), x, hidden, 1, 1, 1)?;
-        let y = self.conv(&format!("{path}.dwconv"), y, hidden, 3, 1, hidden, true)?;
+        let y = self.conv(&format!("{path}.dwconv"), y, hidden, (3, 1, hidden), true)?;
         let y = self.act(&format!("{path}.act"), se.activation, y)?;
         self.conv_bn(&format!("{path}.fc2"), y, dim, 1, 1, 1)
     }
@@ -287,7 +286,7 @@ impl Builder {
         };
         let x =
             self.conv_module(&format!("{path}.linear_fuse"), x, head.channels, groups, true, Some(head.activation))?;
-        let logits = self.conv(&format!("{path}.conv_seg"), x, head.num_classes, 1, 1, 1, true)?;
+        let logits = self.conv(&format!("{path}.conv_seg"), x, head.num_classes, (1, 1, 1), true)?;
         self.g.tap("logits", logits);
         let input = self.g.input_shape().clone();
         self.resize_to(&format!("{path}.resize_to_input"), logits, (input[2], input[3]))?;

@@ -41,7 +41,7 @@ impl Conv2d {
         if c != self.in_channels {
             return Err(format!("expects {} input channels, got {c}", self.in_channels));
         }
-        if self.groups == 0 || c % self.groups != 0 || self.out_channels % self.groups != 0 {
+        if self.groups == 0 || !c.is_multiple_of(self.groups) || !self.out_channels.is_multiple_of(self.groups) {
             return Err(format!(
                 "groups={} must divide in_channels={c} and out_channels={}",
                 self.groups, self.out_channels

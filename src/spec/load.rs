@@ -126,7 +126,8 @@ fn resolve(child: Source) -> Result<LoadedSpec> {
         merge_spec(&mut merged, &source.table);
     }
     merged.remove("extends");
-    if !merged.contains_key("name") {
+    // A spec's name is its own: one that does not write it is named after its file, not its parent.
+    if !chain[0].table.contains_key("name") {
         let stem = Path::new(&chain[0].origin).file_stem().map(|s| s.to_string_lossy().into_owned());
         merged.insert("name".into(), toml::Value::String(stem.unwrap_or_default()));
     }
@@ -137,7 +138,7 @@ fn resolve(child: Source) -> Result<LoadedSpec> {
     };
     let spec: Spec = serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|e| {
         let key = e.path().to_string();
-        blame(if key == "." { "name" } else { &key }, e.inner().to_string())
+        blame(if key == "." { "name" } else { &key }, first_line(&e.inner().to_string()))
     })?;
     spec.validate().map_err(|(key, message)| blame(&key, message))?;
     Ok(LoadedSpec { spec, origin: chain[0].origin.clone() })
@@ -167,6 +168,11 @@ fn merge_tables(parent: &mut toml::Table, child: &toml::Table) {
     }
 }
 
+/// toml appends the key path on a second line; the caller already names the key.
+fn first_line(message: &str) -> String {
+    message.lines().next().unwrap_or_default().to_string()
+}
+
 /// Parses `--res`: `512` (square) or `HxW`, both positive.
 pub fn parse_resolution(text: &str) -> Result<(usize, usize)> {
     let bad = || {
@@ -187,7 +193,7 @@ pub fn parse_toml_document<T: for<'de> Deserialize<'de>>(origin: &str, text: &st
     let source = Source::parse(origin.to_string(), text, None)?;
     serde_path_to_error::deserialize(toml::Value::Table(source.table.clone())).map_err(|e| {
         let key = e.path().to_string();
-        source.error(&key, e.inner().to_string())
+        source.error(&key, first_line(&e.inner().to_string()))
     })
 }
 

@@ -304,10 +304,12 @@ impl Spec {
                 return err(&format!("semantics_extractor.{key}"), "must be positive".into());
             }
         }
-        if !(se.attn_ratio * se.key_dim as f64 >= 1.0) {
+        let value_dim = se.attn_ratio * se.key_dim as f64;
+        if value_dim.is_nan() || value_dim < 1.0 {
             return err("semantics_extractor.attn_ratio", "attn_ratio·key_dim must be at least 1".into());
         }
-        if !(se.mlp_ratio * self.token_dim() as f64 >= 1.0) {
+        let mlp_hidden = se.mlp_ratio * self.token_dim() as f64;
+        if mlp_hidden.is_nan() || mlp_hidden < 1.0 {
             return err("semantics_extractor.mlp_ratio", "mlp_ratio·token dim must be at least 1".into());
         }
         match (&self.injection, &self.head, &self.classifier) {

@@ -1,0 +1,200 @@
+//! Aggregating a graph's per-node costs into totals, stages, blocks and layers, and checking them
+//! against published figures.
+
+use super::{Convention, Cost};
+use crate::error::{Error, Result};
+use crate::graph::{Graph, Stage};
+use crate::ops::{numel, Op, ParamKind};
+use crate::spec::{parse_resolution, PublishedFigure, Rounding, Spec};
+use serde::Serialize;
+
+/// Params and cost of a group of nodes (a stage or a block).
+#[derive(Clone, Debug, Serialize)]
+pub struct Group {
+    /// Stage name or official block path.
+    pub name: String,
+    /// The stage it belongs to.
+    pub stage: Stage,
+    /// Learnable parameters.
+    pub params: u64,
+    /// Cost under every convention.
+    pub cost: Cost,
+    /// Output shape of the group's last node, batch dropped.
+    pub output_shape: Vec<usize>,
+}
+
+/// One primitive op.
+#[derive(Clone, Debug, Serialize)]
+pub struct Layer {
+    /// Module path.
+    pub name: String,
+    /// Op kind (`conv`, `batchnorm`…).
+    pub op: &'static str,
+    /// Block path.
+    pub block: String,
+    /// Stage.
+    pub stage: Stage,
+    /// Learnable parameters.
+    pub params: u64,
+    /// Cost under every convention.
+    pub cost: Cost,
+    /// Output shape, batch dropped.
+    pub output_shape: Vec<usize>,
+}
+
+/// A spec's published figure set beside the computed value.
+#[derive(Clone, Debug, Serialize)]
+pub struct Comparison {
+    /// `params` or `flops`.
+    pub metric: &'static str,
+    /// As published, e.g. `1.2G`.
+    pub published: String,
+    /// The computed value, exact.
+    pub computed: u64,
+    /// The computed value rounded as the publication rounds, e.g. `1.2G`.
+    pub computed_rounded: String,
+    /// Whether the publication's rounding of the computed value gives the published figure.
+    pub agrees: bool,
+    /// Where it was published.
+    pub source: String,
+}
+
+/// The full analysis of one compiled graph.
+#[derive(Clone, Debug)]
+pub struct Profile {
+    /// Spec name.
+    pub spec: String,
+    /// Input [C, H, W].
+    pub input: Vec<usize>,
+    /// Learnable parameters.
+    pub params: u64,
+    /// Float buffer elements (BatchNorm running statistics).
+    pub buffers: u64,
+    /// Total cost under every convention.
+    pub cost: Cost,
+    /// Per stage, in network order.
+    pub stages: Vec<Group>,
+    /// Per block, in network order.
+    pub blocks: Vec<Group>,
+    /// Per primitive op, in network order (the input excluded).
+    pub layers: Vec<Layer>,
+    /// Published figures for this spec at this resolution (`paper` convention for FLOPs).
+    pub published: Vec<Comparison>,
+}
+
+fn grouped(layers: &[Layer], key: impl Fn(&Layer) -> &str) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    for layer in layers {
+        let name = key(layer);
+        match groups.iter_mut().find(|g| g.name == name) {
+            Some(g) => {
+                g.params += layer.params;
+                g.cost += layer.cost;
+                g.output_shape = layer.output_shape.clone();
+            }
+            None => groups.push(Group {
+                name: name.to_string(),
+                stage: layer.stage,
+                params: layer.params,
+                cost: layer.cost,
+                output_shape: layer.output_shape.clone(),
+            }),
+        }
+    }
+    groups
+}
+
+impl Profile {
+    /// Profiles `graph`, comparing with `spec`'s published figures at the graph's resolution.
+    pub fn new(graph: &Graph, spec: &Spec) -> Result<Self> {
+        let layers: Vec<Layer> = graph
+            .nodes()
+            .filter(|(_, n)| n.op != Op::Input)
+            .map(|(_, n)| Layer {
+                name: n.name.clone(),
+                op: n.op.kind(),
+                block: n.block.clone(),
+                stage: n.stage,
+                params: n.learnable_params(),
+                cost: n.cost,
+                output_shape: n.shape[1..].to_vec(),
+            })
+            .collect();
+        let stages = grouped(&layers, |l| l.stage.name());
+        let blocks = grouped(&layers, |l| &l.block);
+        let params = graph.learnable_params();
+        let cost = graph.total_cost();
+        let input = graph.input_shape()[1..].to_vec();
+        let mut published = Vec::new();
+        for figure in &spec.published {
+            let (h, w) = parse_resolution(&figure.res)
+                .map_err(|e| Error::input(format!("spec {}: published res: {e}", spec.name)))?;
+            if (h, w) == (input[1], input[2]) {
+                published.extend(compare_figure(figure, params, cost.paper)?);
+            }
+        }
+        let buffers = graph.params().filter(|p| p.kind == ParamKind::Buffer).map(|p| numel(&p.shape)).sum::<u64>();
+        Ok(Profile { spec: graph.spec_name.clone(), input, params, buffers, cost, stages, blocks, layers, published })
+    }
+
+    /// Total count under `convention`.
+    pub fn flops(&self, convention: Convention) -> u64 {
+        self.cost.get(convention)
+    }
+}
+
+fn compare_figure(figure: &PublishedFigure, params: u64, flops: u64) -> Result<Vec<Comparison>> {
+    let mut out = Vec::new();
+    for (metric, published, computed) in [("params", &figure.params, params), ("flops", &figure.flops, flops)] {
+        if let Some(text) = published {
+            let (rounded, agrees) = round_like(text, computed, figure.rounding)?;
+            out.push(Comparison {
+                metric,
+                published: text.clone(),
+                computed,
+                computed_rounded: rounded,
+                agrees,
+                source: figure.source.clone(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Rounds `value` to the unit and decimals of a published figure such as `1.2G` or `126M`, and says whether
+/// that gives the published number.
+pub fn round_like(published: &str, value: u64, rounding: Rounding) -> Result<(String, bool)> {
+    let bad = || Error::input(format!("published figure '{published}' is not a number with a K/M/G suffix"));
+    let (number, unit) = published.split_at(published.len().saturating_sub(1));
+    let scale = match unit {
+        "K" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        _ => return Err(bad()),
+    };
+    let expected: f64 = number.parse().map_err(|_| bad())?;
+    let decimals = number.split_once('.').map_or(0, |(_, d)| d.len());
+    let factor = 10f64.powi(decimals as i32);
+    let scaled = value as f64 / scale * factor;
+    let rounded = match rounding {
+        Rounding::Nearest => scaled.round(),
+        Rounding::Truncate => scaled.trunc(),
+    } / factor;
+    let text = format!("{rounded:.decimals$}{unit}");
+    Ok((text, (rounded - expected).abs() < 0.5 / factor))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_like_the_paper() {
+        assert_eq!(round_like("1.2G", 1_164_615_680, Rounding::Nearest).unwrap(), ("1.2G".into(), true));
+        assert_eq!(round_like("3.1M", 3_034_662, Rounding::Nearest).unwrap(), ("3.0M".into(), false));
+        assert_eq!(round_like("126M", 126_884_784, Rounding::Truncate).unwrap(), ("126M".into(), true));
+        assert_eq!(round_like("126M", 126_884_784, Rounding::Nearest).unwrap(), ("127M".into(), false));
+        assert_eq!(round_like("1.50M", 1_503_304, Rounding::Nearest).unwrap(), ("1.50M".into(), true));
+        assert!(round_like("1.2X", 1, Rounding::Nearest).is_err());
+    }
+}

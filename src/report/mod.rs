@@ -1,0 +1,8 @@
+//! Presenting profiles: terminal tables, JSON, markdown, and the report with its figures.
+
+pub mod format;
+pub mod json;
+pub mod rows;
+pub mod table;
+
+pub use rows::Depth;

@@ -1,0 +1,120 @@
+//! The rows of a profile at a chosen depth, shared by the terminal table and markdown renderers.
+
+use super::format::{percent, shape, si, thousands};
+use crate::cost::{Convention, Profile};
+
+/// How finely a profile is broken down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Depth {
+    /// token_pyramid, semantics_extractor, injection, head / classifier.
+    Stage,
+    /// Official module blocks (`backbone.tpm.layer3`, `backbone.SIM.1`, `decode_head`…).
+    Block,
+    /// Every primitive op.
+    Layer,
+}
+
+/// A header row and body rows, all text, plus a totals row.
+pub struct Rows {
+    /// Column titles.
+    pub header: Vec<String>,
+    /// One row per stage, block or layer.
+    pub body: Vec<Vec<String>>,
+    /// The totals row.
+    pub total: Vec<String>,
+}
+
+/// The breakdown of `profile` at `depth`, FLOPs under `convention`.
+pub fn breakdown(profile: &Profile, convention: Convention, depth: Depth) -> Rows {
+    let total_flops = profile.flops(convention);
+    let flops_title = format!("FLOPs ({}, MACs)", convention.name());
+    let row = |name: &str, extra: Vec<String>, out: &[usize], params: u64, flops: u64| {
+        let mut r = vec![name.to_string()];
+        r.extend(extra);
+        r.extend([
+            shape(out),
+            thousands(params),
+            percent(params, profile.params),
+            thousands(flops),
+            si(flops),
+            percent(flops, total_flops),
+        ]);
+        r
+    };
+    let (mut header, body, extra_columns): (Vec<&str>, Vec<Vec<String>>, usize) = match depth {
+        Depth::Stage => (
+            vec!["stage"],
+            profile
+                .stages
+                .iter()
+                .map(|g| row(&g.name, vec![], &g.output_shape, g.params, g.cost.get(convention)))
+                .collect(),
+            0,
+        ),
+        Depth::Block => (
+            vec!["block", "stage"],
+            profile
+                .blocks
+                .iter()
+                .map(|g| row(&g.name, vec![g.stage.name().into()], &g.output_shape, g.params, g.cost.get(convention)))
+                .collect(),
+            1,
+        ),
+        Depth::Layer => (
+            vec!["layer", "op"],
+            profile
+                .layers
+                .iter()
+                .map(|l| row(&l.name, vec![l.op.into()], &l.output_shape, l.params, l.cost.get(convention)))
+                .collect(),
+            1,
+        ),
+    };
+    header.extend(["output", "params", "share", &flops_title, "≈", "share"]);
+    let mut total = vec!["total".to_string()];
+    total.extend(std::iter::repeat_n(String::new(), extra_columns));
+    total.extend([
+        shape(&profile.stages.last().map(|g| g.output_shape.clone()).unwrap_or_default()),
+        thousands(profile.params),
+        String::new(),
+        thousands(total_flops),
+        si(total_flops),
+        String::new(),
+    ]);
+    Rows { header: header.into_iter().map(String::from).collect(), body, total }
+}
+
+/// Published figures beside the computed ones: metric, published, computed (rounded alike), exact, verdict, source.
+pub fn published(profile: &Profile) -> Rows {
+    let header = ["figure", "published", "computed, rounded alike", "computed, exact", "agrees", "source"];
+    let body = profile
+        .published
+        .iter()
+        .map(|c| {
+            let metric = if c.metric == "flops" { "FLOPs (paper)" } else { "params" };
+            vec![
+                metric.to_string(),
+                c.published.clone(),
+                c.computed_rounded.clone(),
+                thousands(c.computed),
+                if c.agrees { "yes".into() } else { "NO: the publication differs from its own code".into() },
+                c.source.clone(),
+            ]
+        })
+        .collect();
+    Rows { header: header.map(String::from).to_vec(), body, total: vec![] }
+}
+
+/// One line per convention with the total, so that the reader sees why counters disagree.
+pub fn conventions_line(profile: &Profile) -> String {
+    let parts: Vec<String> = Convention::ALL
+        .iter()
+        .map(|&c| format!("{} {} ({})", c.name(), si(profile.flops(c)), thousands(profile.flops(c))))
+        .collect();
+    format!(
+        "All conventions, MAC-style counts (1 multiply-add = 1 FLOP, as the paper, mmcv and fvcore count): {}. \
+         Counting 2 per MAC, as DeepSpeed or torch.utils.flop_counter do, the plain MACs are {} FLOPs.",
+        parts.join(", "),
+        si(2 * profile.flops(Convention::Macs))
+    )
+}

@@ -1,0 +1,74 @@
+//! Terminal tables (prettytable) and markdown tables from the same rows.
+
+use super::rows::{breakdown, conventions_line, published, Depth, Rows};
+use crate::cost::{Convention, Profile};
+use prettytable::{format, Cell, Row, Table};
+
+fn terminal_table(rows: &Rows) -> String {
+    let mut table = Table::new();
+    table.set_format(*format::consts::FORMAT_NO_LINESEP_WITH_TITLE);
+    table.set_titles(Row::new(rows.header.iter().map(|h| Cell::new(h).style_spec("b")).collect()));
+    let numeric = |text: &str| text.starts_with(|c: char| c.is_ascii_digit());
+    for r in rows.body.iter().chain((!rows.total.is_empty()).then_some(&rows.total)) {
+        let cells = r.iter().map(|t| if numeric(t) { Cell::new(t).style_spec("r") } else { Cell::new(t) }).collect();
+        table.add_row(Row::new(cells));
+    }
+    table.to_string()
+}
+
+fn title(profile: &Profile, convention: Convention) -> String {
+    format!(
+        "{} at {} (batch 1), convention '{}': {} params, {} FLOPs (MACs)",
+        profile.spec,
+        super::format::shape(&profile.input),
+        convention.name(),
+        super::format::si(profile.params),
+        super::format::si(profile.flops(convention))
+    )
+}
+
+/// The profile as terminal tables: breakdown, published figures, conventions.
+pub fn render_table(profile: &Profile, convention: Convention, depth: Depth) -> String {
+    let mut out = format!("{}\n", title(profile, convention));
+    out.push_str(&terminal_table(&breakdown(profile, convention, depth)));
+    if !profile.published.is_empty() {
+        out.push_str("\nPublished figures\n");
+        out.push_str(&terminal_table(&published(profile)));
+    }
+    out.push('\n');
+    out.push_str(&conventions_line(profile));
+    out.push('\n');
+    out
+}
+
+/// A GitHub-flavoured markdown table.
+pub fn markdown_table(rows: &Rows) -> String {
+    let line = |cells: &[String]| format!("| {} |\n", cells.join(" | "));
+    let mut out = line(&rows.header);
+    let align: Vec<String> =
+        rows.header.iter().enumerate().map(|(i, _)| if i == 0 { "---".into() } else { "--:".into() }).collect();
+    out.push_str(&line(&align));
+    for r in &rows.body {
+        out.push_str(&line(r));
+    }
+    if !rows.total.is_empty() {
+        let bold: Vec<String> =
+            rows.total.iter().map(|t| if t.is_empty() { String::new() } else { format!("**{t}**") }).collect();
+        out.push_str(&line(&bold));
+    }
+    out
+}
+
+/// The profile as markdown: a heading, the breakdown, published figures, conventions.
+pub fn render_markdown(profile: &Profile, convention: Convention, depth: Depth) -> String {
+    let mut out = format!("### {}\n\n", title(profile, convention));
+    out.push_str(&markdown_table(&breakdown(profile, convention, depth)));
+    if !profile.published.is_empty() {
+        out.push('\n');
+        out.push_str(&markdown_table(&published(profile)));
+    }
+    out.push('\n');
+    out.push_str(&conventions_line(profile));
+    out.push('\n');
+    out
+}
