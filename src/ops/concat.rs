@@ -43,6 +43,23 @@ impl Slice {
     }
 }
 
+/// Concatenates batch-1 NCHW inputs along channels: their data simply follow one another.
+pub fn forward(inputs: &[&[f32]], out: &mut [f32]) {
+    let mut offset = 0;
+    for x in inputs {
+        out[offset..offset + x.len()].copy_from_slice(x);
+        offset += x.len();
+    }
+}
+
+impl Slice {
+    /// Copies the channel range of a batch-1 NCHW input.
+    pub fn forward(&self, x: &[f32], input: &Shape, out: &mut [f32]) {
+        let plane = input[2] * input[3];
+        out.copy_from_slice(&x[self.start * plane..(self.start + self.len) * plane]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

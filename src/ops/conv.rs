@@ -1,6 +1,7 @@
 //! 2-D convolution, and the one place where convolution geometry is computed.
 
-use super::{nchw, ParamDecl, Shape};
+use super::{nchw, Activation, ParamDecl, Shape};
+use crate::exec::kernels::{conv2d, Conv2dDims};
 use crate::cost::Cost;
 
 /// `nn.Conv2d` with a square kernel, dilation 1 and zero padding.
@@ -80,6 +81,41 @@ impl Conv2d {
         let macs = out_elems * self.macs_per_output();
         let bias = if self.bias { out_elems } else { 0 };
         Cost { paper: macs + bias, fvcore: macs, macs }
+    }
+}
+
+impl Conv2d {
+    /// The kernel's view of this conv on `input` → `output` shapes (NCHW, batch 1).
+    pub fn dims(&self, input: &Shape, output: &Shape) -> Conv2dDims {
+        Conv2dDims {
+            in_channels: self.in_channels,
+            in_h: input[2],
+            in_w: input[3],
+            out_channels: self.out_channels,
+            kernel_h: self.kernel,
+            kernel_w: self.kernel,
+            stride_h: self.stride,
+            stride_w: self.stride,
+            pad_h: self.padding,
+            pad_w: self.padding,
+            groups: self.groups,
+            out_h: output[2],
+            out_w: output[3],
+        }
+    }
+
+    /// `out = act(conv(x) + bias)` with `params` = [weight] or [weight, bias] (a folded BatchNorm supplies the
+    /// bias of a bias-free conv). Returns the MACs performed.
+    pub fn forward(
+        &self,
+        x: &[f32],
+        input: &Shape,
+        output: &Shape,
+        params: &[&[f32]],
+        act: Option<Activation>,
+        out: &mut [f32],
+    ) -> u64 {
+        conv2d(x, params[0], params.get(1).copied(), &self.dims(input, output), act, out)
     }
 }
 

@@ -32,6 +32,19 @@ impl Linear {
         params
     }
 
+    /// `out = W·x + b` for each row of a [N, in] input with params [weight, bias]; returns the MACs performed.
+    pub fn forward(&self, x: &[f32], params: &[&[f32]], out: &mut [f32]) -> u64 {
+        let mut macs = 0;
+        for (row, dst) in x.chunks(self.in_features).zip(out.chunks_mut(self.out_features)) {
+            for (o, d) in dst.iter_mut().enumerate() {
+                let w = &params[0][o * self.in_features..(o + 1) * self.in_features];
+                *d = w.iter().zip(row).map(|(a, b)| a * b).sum::<f32>() + params.get(1).map_or(0.0, |b| b[o]);
+                macs += self.in_features as u64;
+            }
+        }
+        macs
+    }
+
     /// numel(input)·out_features under every convention (mmcv and fvcore ignore the bias).
     pub fn cost(&self, input: &Shape) -> Cost {
         Cost::uniform(numel(input) * self.out_features as u64)

@@ -2,6 +2,7 @@
 
 use super::{numel, Shape};
 use crate::cost::Cost;
+use crate::exec::kernels::batched_matmul;
 
 /// `op(a) @ op(b)` over the last two dimensions, with leading dimensions equal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +47,14 @@ impl MatMul {
         let mut out = a[..a.len() - 2].to_vec();
         out.extend([d.m, d.n]);
         Ok(out)
+    }
+
+    /// Multiplies the two inputs; returns the MACs performed.
+    pub fn forward(&self, inputs: &[&[f32]], shapes: &[&Shape], out: &mut [f32]) -> u64 {
+        match self.dims(shapes[0], shapes[1]) {
+            Ok(d) => batched_matmul(inputs[0], inputs[1], d.batch, d.m, d.k, d.n, self.trans_a, self.trans_b, out),
+            Err(_) => unreachable!("shapes were checked when the node was added"),
+        }
     }
 
     /// batch·m·k·n MACs; functional, so mmcv (`paper`) does not count it.

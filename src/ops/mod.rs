@@ -168,6 +168,91 @@ impl Op {
     }
 }
 
+/// What an op's forward kernel reads: its inputs with their shapes, its output shape, and its float tensors
+/// in [`Op::params`] order (integer counters left out).
+pub struct ForwardArgs<'a> {
+    /// Input data, row-major.
+    pub inputs: &'a [&'a [f32]],
+    /// Input shapes, from the graph.
+    pub input_shapes: &'a [&'a Shape],
+    /// Output shape, from the graph.
+    pub output_shape: &'a Shape,
+    /// Float parameters and buffers.
+    pub params: &'a [&'a [f32]],
+}
+
+impl Op {
+    /// Runs the op into `out` (sized to the output shape, fully overwritten) and returns the
+    /// multiply-accumulates it performed.
+    pub fn forward(&self, args: &ForwardArgs<'_>, out: &mut [f32]) -> u64 {
+        let x = args.inputs.first().copied().unwrap_or_default();
+        match self {
+            Op::Input => {
+                out.copy_from_slice(x);
+                0
+            }
+            Op::Conv2d(op) => op.forward(x, args.input_shapes[0], args.output_shape, args.params, None, out),
+            Op::BatchNorm(op) => op.forward(x, args.input_shapes[0], args.params, out),
+            Op::Activation(a) => {
+                out.copy_from_slice(x);
+                a.apply_slice(out);
+                0
+            }
+            Op::Elementwise(op) => {
+                out.copy_from_slice(x);
+                op.apply(out, args.inputs[1]);
+                0
+            }
+            Op::Concat(_) => {
+                concat::forward(args.inputs, out);
+                0
+            }
+            Op::Slice(op) => {
+                op.forward(x, args.input_shapes[0], out);
+                0
+            }
+            Op::AdaptiveAvgPool(_) => {
+                pool::adaptive_forward(x, args.input_shapes[0], args.output_shape, out);
+                0
+            }
+            Op::GlobalAvgPool(_) => {
+                pool::global_forward(x, args.input_shapes[0], out);
+                0
+            }
+            Op::Resize(_) => {
+                resize::forward(x, args.input_shapes[0], args.output_shape, out, false);
+                0
+            }
+            Op::MatMul(op) => op.forward(args.inputs, args.input_shapes, out),
+            Op::Softmax(_) => {
+                out.copy_from_slice(x);
+                softmax::forward(out, args.output_shape);
+                0
+            }
+            Op::Reshape(_) => {
+                out.copy_from_slice(x);
+                0
+            }
+            Op::Linear(op) => op.forward(x, args.params, out),
+        }
+    }
+}
+
+impl Op {
+    /// Runs the op over its first input's buffer in place, when it can (the executor does this when the
+    /// buffer is not read again). Returns `None` for ops that cannot.
+    pub fn forward_in_place(&self, args: &ForwardArgs<'_>, data: &mut [f32]) -> Option<u64> {
+        match self {
+            Op::Activation(a) => a.apply_slice(data),
+            Op::Elementwise(op) => op.apply(data, args.inputs[1]),
+            Op::Softmax(_) => softmax::forward(data, args.output_shape),
+            Op::Reshape(_) => {}
+            _ => return None,
+        }
+        Some(0)
+    }
+}
+
 fn one<'a>(inputs: &[&'a Shape]) -> Result<&'a Shape, String> {
     match inputs {
         [single] => Ok(single),

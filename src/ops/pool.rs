@@ -2,6 +2,7 @@
 
 use super::{nchw, numel, Shape};
 use crate::cost::Cost;
+use crate::exec::kernels::adaptive_avg_pool2d;
 
 /// Functional `F.adaptive_avg_pool2d(x, (out_h, out_w))`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,6 +32,19 @@ pub fn adaptive_bin(i: usize, input: usize, output: usize) -> (usize, usize) {
 /// Functional, so mmcv (`paper`) does not see it; fvcore counts one per input element.
 pub fn adaptive_cost(input: &Shape) -> Cost {
     Cost { paper: 0, fvcore: numel(input), macs: 0 }
+}
+
+/// Adaptive average pooling of a batch-1 NCHW input to the output's size.
+pub fn adaptive_forward(x: &[f32], input: &Shape, output: &Shape, out: &mut [f32]) {
+    adaptive_avg_pool2d(x, input[1], input[2], input[3], output[2], output[3], out);
+}
+
+/// The mean of every channel plane.
+pub fn global_forward(x: &[f32], input: &Shape, out: &mut [f32]) {
+    let plane = input[2] * input[3];
+    for (dst, src) in out.iter_mut().zip(x.chunks(plane)) {
+        *dst = src.iter().sum::<f32>() / plane as f32;
+    }
 }
 
 /// `nn.AdaptiveAvgPool2d(1)` followed by flatten: [N, C, H, W] → [N, C].

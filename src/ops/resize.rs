@@ -2,6 +2,7 @@
 
 use super::{nchw, numel, Shape};
 use crate::cost::Cost;
+use crate::exec::kernels::resize_bilinear;
 
 /// Bilinear resize of an NCHW map to a fixed size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,6 +19,11 @@ impl Resize {
         let (n, c, _, _) = nchw(input)?;
         Ok(vec![n, c, self.out_h, self.out_w])
     }
+}
+
+/// Resizes a batch-1 NCHW input to the output's size, writing or (`accumulate`) adding into `out`.
+pub fn forward(x: &[f32], input: &Shape, output: &Shape, out: &mut [f32], accumulate: bool) {
+    resize_bilinear(x, input[1], input[2], input[3], output[2], output[3], out, accumulate);
 }
 
 /// Functional, so mmcv does not count it; fvcore charges 4 per output element.

@@ -1,0 +1,218 @@
+//! The forward pass: the compiled graph executed node by node, with BatchNorm folded into convs,
+//! activations fused into their output pass, buffers recycled as soon as their last reader has run,
+//! and the multiply-accumulates each node really performed counted.
+
+use super::params::NodeParams;
+use crate::error::{Error, Result};
+use crate::graph::Graph;
+use crate::ops::{numel, Activation, ForwardArgs, Op};
+use petgraph::graph::NodeIndex;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// One unit of execution: a node, or a conv with the BatchNorm and activation fused into it.
+struct Step {
+    /// The nodes it covers; the first one's op runs, the last one's output is produced.
+    nodes: Vec<NodeIndex>,
+    /// Float params of the first node (for a conv: BatchNorm folded in).
+    params: Vec<Vec<f32>>,
+    /// A fused activation applied in the conv's output pass.
+    act: Option<Activation>,
+}
+
+impl Step {
+    fn output(&self) -> NodeIndex {
+        *self.nodes.last().expect("a step covers at least one node")
+    }
+}
+
+/// Time and work of one step of a run.
+#[derive(Clone, Debug)]
+pub struct StepStat {
+    /// The nodes the step covered.
+    pub nodes: Vec<NodeIndex>,
+    /// Wall time.
+    pub time: Duration,
+    /// Multiply-accumulates performed.
+    pub macs: u64,
+}
+
+/// What a run produced.
+pub struct RunOutput {
+    /// Data of every kept node.
+    pub kept: HashMap<NodeIndex, Vec<f32>>,
+    /// Multiply-accumulates performed per node, by node index.
+    pub macs: Vec<u64>,
+    /// Per-step time and work, in execution order.
+    pub steps: Vec<StepStat>,
+}
+
+/// An executable form of a graph with bound weights.
+pub struct Executor<'g> {
+    graph: &'g Graph,
+    steps: Vec<Step>,
+    pool: rayon::ThreadPool,
+}
+
+impl<'g> Executor<'g> {
+    /// Plans `graph` with `params` for `threads` worker threads (at least one).
+    pub fn new(graph: &'g Graph, params: NodeParams, threads: usize) -> Result<Self> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .build()
+            .map_err(|e| Error::input(format!("cannot start {threads} threads: {e}")))?;
+        Ok(Executor { graph, steps: plan(graph, params), pool })
+    }
+
+    /// The graph being run.
+    pub fn graph(&self) -> &Graph {
+        self.graph
+    }
+
+    /// Runs the graph on `input` (NCHW data of the graph's input shape) up to and including node `until`,
+    /// keeping the outputs of `keep` (which must not come after `until`).
+    pub fn run(&self, input: &[f32], until: NodeIndex, keep: &[NodeIndex]) -> Result<RunOutput> {
+        let expected = numel(self.graph.input_shape()) as usize;
+        if input.len() != expected {
+            return Err(Error::input(format!(
+                "input has {} values, the graph expects {:?} ({expected})",
+                input.len(),
+                self.graph.input_shape()
+            )));
+        }
+        self.pool.install(|| self.execute(input, until, keep))
+    }
+
+    fn execute(&self, input: &[f32], until: NodeIndex, keep: &[NodeIndex]) -> Result<RunOutput> {
+        let g = self.graph;
+        let steps: Vec<&Step> = self.steps.iter().take_while(|s| s.nodes[0] <= until).collect();
+        // The step after which each node's buffer is no longer read.
+        let mut last_read = vec![0usize; g.len()];
+        for (s, step) in steps.iter().enumerate() {
+            for &i in &g.node(step.nodes[0]).inputs {
+                last_read[i.index()] = s;
+            }
+        }
+        let mut buffers: Vec<Option<Vec<f32>>> = vec![None; g.len()];
+        buffers[g.input().index()] = Some(input.to_vec());
+        let mut free: Vec<Vec<f32>> = Vec::new();
+        let mut macs = vec![0u64; g.len()];
+        let mut stats = Vec::with_capacity(steps.len());
+        let mut kept = HashMap::new();
+        if keep.contains(&g.input()) {
+            kept.insert(g.input(), input.to_vec());
+        }
+        for (s, step) in steps.iter().enumerate() {
+            let start = Instant::now();
+            let first = g.node(step.nodes[0]);
+            let out_index = step.output();
+            let out_len = numel(&g.node(out_index).shape) as usize;
+            let shapes: Vec<_> = first.inputs.iter().map(|i| &g.node(*i).shape).collect();
+            let param_refs: Vec<&[f32]> = step.params.iter().map(Vec::as_slice).collect();
+            // An op that can work in place takes over its first input's buffer when nothing reads it later.
+            let first_input = first.inputs.first().copied();
+            let reusable = first_input
+                .filter(|i| last_read[i.index()] == s && !keep.contains(i) && first.inputs[1..].iter().all(|j| j != i))
+                .filter(|_| matches!(first.op, Op::Activation(_) | Op::Elementwise(_) | Op::Softmax(_) | Op::Reshape(_)));
+            let mut out = match reusable.and_then(|i| buffers[i.index()].take()) {
+                Some(buf) => buf,
+                None => take_buffer(&mut free, out_len),
+            };
+            let inputs: Vec<&[f32]> = first
+                .inputs
+                .iter()
+                .map(|i| buffers[i.index()].as_deref().unwrap_or_default())
+                .collect();
+            let args = ForwardArgs { inputs: &inputs, input_shapes: &shapes, output_shape: &first.shape, params: &param_refs };
+            let done = if reusable.is_some() {
+                first.op.forward_in_place(&args, &mut out)
+            } else {
+                None
+            };
+            let performed = match (done, &first.op) {
+                (Some(m), _) => m,
+                (None, Op::Conv2d(conv)) => conv.forward(inputs[0], shapes[0], &first.shape, &param_refs, step.act, &mut out),
+                (None, op) => op.forward(&args, &mut out),
+            };
+            drop(inputs);
+            macs[step.nodes[0].index()] = performed;
+            for &i in &first.inputs {
+                if last_read[i.index()] == s && !keep.contains(&i) {
+                    if let Some(buf) = buffers[i.index()].take() {
+                        free.push(buf);
+                    }
+                }
+            }
+            if keep.contains(&out_index) {
+                kept.insert(out_index, out.clone());
+            }
+            buffers[out_index.index()] = Some(out);
+            stats.push(StepStat { nodes: step.nodes.clone(), time: start.elapsed(), macs: performed });
+        }
+        Ok(RunOutput { kept, macs, steps: stats })
+    }
+}
+
+/// A buffer of `len` values with unspecified contents: the smallest free one that is large enough, else new.
+fn take_buffer(free: &mut Vec<Vec<f32>>, len: usize) -> Vec<f32> {
+    let best = free.iter().enumerate().filter(|(_, b)| b.capacity() >= len).min_by_key(|(_, b)| b.capacity()).map(|(i, _)| i);
+    let mut buf = match best {
+        Some(i) => free.swap_remove(i),
+        None => Vec::with_capacity(len),
+    };
+    // Kernels overwrite their whole output, so stale values may stay; only a grown tail is written.
+    if buf.len() > len {
+        buf.truncate(len);
+    } else {
+        buf.resize(len, 0.0);
+    }
+    buf
+}
+
+/// Groups nodes into steps: a conv absorbs the BatchNorm that alone reads it (folded into its weights) and
+/// then the activation that alone reads that, unless an intermediate is a named output.
+fn plan(graph: &Graph, params: NodeParams) -> Vec<Step> {
+    let NodeParams(mut params) = params;
+    let tapped: Vec<NodeIndex> = graph.taps().iter().map(|&(_, i)| i).collect();
+    let mut consumers: Vec<Vec<NodeIndex>> = vec![Vec::new(); graph.len()];
+    for (i, node) in graph.nodes() {
+        for input in &node.inputs {
+            consumers[input.index()].push(i);
+        }
+    }
+    let sole_reader = |i: NodeIndex| match consumers[i.index()].as_slice() {
+        [only] if !tapped.contains(&i) => Some(*only),
+        _ => None,
+    };
+    let mut steps = Vec::new();
+    let mut absorbed = vec![false; graph.len()];
+    for (i, node) in graph.nodes() {
+        if absorbed[i.index()] || node.op == Op::Input {
+            continue;
+        }
+        let mut step = Step { nodes: vec![i], params: std::mem::take(&mut params[i.index()]), act: None };
+        if let Op::Conv2d(_) = node.op {
+            let mut tail = i;
+            if let Some(bn_index) = sole_reader(tail) {
+                if let Op::BatchNorm(bn) = &graph.node(bn_index).op {
+                    let bn_params = std::mem::take(&mut params[bn_index.index()]);
+                    let refs: Vec<&[f32]> = bn_params.iter().map(Vec::as_slice).collect();
+                    let (w, b) = bn.fold_into(&step.params[0], step.params.get(1).map(Vec::as_slice), &refs);
+                    step.params = vec![w, b];
+                    step.nodes.push(bn_index);
+                    absorbed[bn_index.index()] = true;
+                    tail = bn_index;
+                }
+            }
+            if let Some(act_index) = sole_reader(tail) {
+                if let Op::Activation(a) = graph.node(act_index).op {
+                    step.act = Some(a);
+                    step.nodes.push(act_index);
+                    absorbed[act_index.index()] = true;
+                }
+            }
+        }
+        steps.push(step);
+    }
+    steps
+}
