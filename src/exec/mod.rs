@@ -1,8 +1,11 @@
 //! Executing a compiled graph: kernels, weights, inputs and the forward pass.
 
 mod engine;
+pub mod image_io;
 pub mod kernels;
 mod params;
+pub mod pth;
+pub mod weights;
 
 pub use engine::{Executor, RunOutput, StepStat};
 pub use params::NodeParams;
