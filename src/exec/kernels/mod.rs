@@ -1,1 +1,124 @@
 //! Fast CPU kernels over flat NCHW `f32` buffers (batch 1).
+//!
+//! Every kernel takes row-major buffers whose sizes the caller has already validated (they are only
+//! `debug_assert!`ed here) and fully overwrites its output unless it says it accumulates.
+//!
+//! Threading: the caller installs a rayon pool; each kernel parallelises at exactly one level (output
+//! channels, pixel tiles, GEMM blocks, batches or rows) and calls single-threaded GEMMs inside, so a
+//! one-thread pool runs everything serially with no nested parallelism.
+//!
+//! SIMD: hot inner loops are compiled twice, once for the baseline target and once with
+//! `#[target_feature(enable = "avx2,fma")]`, chosen at run time with `is_x86_feature_detected!`.
+
+mod conv;
+mod elementwise;
+mod matmul;
+mod pool;
+mod resize;
+mod softmax;
+
+pub use conv::{conv2d, Conv2dDims};
+pub use elementwise::{add_into, mul_into};
+pub use matmul::batched_matmul;
+pub use pool::adaptive_avg_pool2d;
+pub use resize::resize_bilinear;
+pub use softmax::softmax_rows;
+
+use std::cell::Cell;
+
+use ndarray::ArrayViewMut1;
+
+use crate::ops::activation::Activation;
+
+thread_local! {
+    /// Per-thread scratch memory reused across kernel calls (padded planes, im2col tiles, resize rows).
+    static SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's scratch buffer of exactly `len` elements, with unspecified contents.
+///
+/// The buffer is taken out of the thread-local while `f` runs, so a nested call (e.g. after rayon work
+/// stealing) gets a fresh buffer instead of aliasing this one.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut buf = SCRATCH.take();
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    let result = f(&mut buf[..len]);
+    SCRATCH.set(buf);
+    result
+}
+
+/// Whether the AVX2 + FMA versions of the inner loops may run on this CPU.
+fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `a · b + c`, fused when `FMA` (only instantiate `FMA = true` inside AVX2/FMA-enabled functions,
+/// where it compiles to one instruction instead of a libm call).
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// Output pass shared by the convolutions: `x ← act(x + bias)` over one row of output.
+fn bias_act(mut row: ArrayViewMut1<f32>, bias: f32, act: Option<Activation>) {
+    // One loop per activation, so each loop body is branch-free and vectorises.
+    #[inline(always)]
+    fn map(row: &mut ArrayViewMut1<f32>, f: impl Fn(f32) -> f32) {
+        row.map_inplace(|x| *x = f(*x));
+    }
+    match act {
+        None if bias == 0.0 => {}
+        None => map(&mut row, |x| x + bias),
+        Some(Activation::Relu) => map(&mut row, |x| Activation::Relu.apply(x + bias)),
+        Some(Activation::Relu6) => map(&mut row, |x| Activation::Relu6.apply(x + bias)),
+        Some(Activation::Hsigmoid) => map(&mut row, |x| Activation::Hsigmoid.apply(x + bias)),
+        Some(Activation::Hswish) => map(&mut row, |x| Activation::Hswish.apply(x + bias)),
+    }
+}
+
+#[cfg(test)]
+mod test_util {
+    //! Deterministic data and comparison helpers shared by the kernel tests.
+
+    /// `n` pseudo-random values uniform in `[-scale, scale)` from a fixed-seed LCG.
+    pub fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let unit = (state >> 40) as f32 / (1u64 << 24) as f32;
+                (2.0 * unit - 1.0) * scale
+            })
+            .collect()
+    }
+
+    /// Asserts `got ≈ want` elementwise within 1e-4 relative to magnitude (absolute below 1).
+    pub fn assert_close(got: &[f32], want: &[f32], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+            let tol = 1e-4 * w.abs().max(1.0);
+            assert!((g - w).abs() <= tol, "{what}: element {i}: got {g}, want {w}");
+        }
+    }
+
+    /// Runs `f` inside rayon pools of 1, 2 and 3 threads (serial path, even and uneven splits).
+    pub fn with_pools(mut f: impl FnMut(usize) + Send) {
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("build rayon pool");
+            pool.install(|| f(threads));
+        }
+    }
+}

@@ -1,0 +1,549 @@
+//! 2-D convolution with PyTorch semantics (zero padding, dilation 1), in three strategies:
+//!
+//! - 1×1, stride 1, no padding, one group: a single GEMM `Y[Cout, HW] = W[Cout, Cin] · X[Cin, HW]` over
+//!   the buffers as they are, parallel over output blocks;
+//! - depthwise with a square kernel of 1, 3, 5 or 7 and stride 1 or 2: a direct kernel per channel that
+//!   pads the plane once (split into stride phases so every tap is a contiguous load), with kernel size
+//!   and stride as const generics and 8 × 4 × 2 outputs accumulated in registers;
+//! - everything else (the stem, grouped or strided convs): im2col on cache-sized pixel tiles, one GEMM
+//!   per group and tile, parallel over tiles.
+//!
+//! Bias and activation are fused into one pass over each finished output block.
+
+use ndarray::{s, ArrayViewMut1, ArrayViewMut2, Axis};
+use rayon::prelude::*;
+
+use super::matmul::{gemm, par_gemm, view2, view2_mut};
+use super::{bias_act, has_avx2_fma, madd, with_scratch};
+use crate::ops::activation::Activation;
+
+/// Dimensions of one 2-D convolution (PyTorch semantics: zero padding, dilation 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dDims {
+    /// Input channels `Cin`.
+    pub in_channels: usize,
+    /// Input height.
+    pub in_h: usize,
+    /// Input width.
+    pub in_w: usize,
+    /// Output channels `Cout`.
+    pub out_channels: usize,
+    /// Kernel height `kh`.
+    pub kernel_h: usize,
+    /// Kernel width `kw`.
+    pub kernel_w: usize,
+    /// Vertical stride.
+    pub stride_h: usize,
+    /// Horizontal stride.
+    pub stride_w: usize,
+    /// Zero padding added above and below.
+    pub pad_h: usize,
+    /// Zero padding added left and right.
+    pub pad_w: usize,
+    /// Groups; both channel counts are multiples of it (`groups == Cin == Cout` is depthwise).
+    pub groups: usize,
+    /// Output height, `(in_h + 2·pad_h − kh) / stride_h + 1`.
+    pub out_h: usize,
+    /// Output width, `(in_w + 2·pad_w − kw) / stride_w + 1`.
+    pub out_w: usize,
+}
+
+/// `out = act(conv(input, weight) + bias)`.
+///
+/// `input` is `[Cin, in_h, in_w]`, `weight` is `[Cout, Cin/groups, kh, kw]`, `bias` has `Cout` values and
+/// `out` (`[Cout, out_h, out_w]`) is fully overwritten. Returns the multiply-accumulates performed,
+/// `Cout · out_h · out_w · (Cin/groups) · kh · kw` (padded positions included).
+pub fn conv2d(
+    input: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    dims: &Conv2dDims,
+    act: Option<Activation>,
+    out: &mut [f32],
+) -> u64 {
+    let d = dims;
+    debug_assert!(d.groups > 0 && d.in_channels.is_multiple_of(d.groups) && d.out_channels.is_multiple_of(d.groups));
+    debug_assert!(d.stride_h > 0 && d.stride_w > 0 && d.out_h > 0 && d.out_w > 0);
+    debug_assert_eq!(d.out_h, (d.in_h + 2 * d.pad_h - d.kernel_h) / d.stride_h + 1);
+    debug_assert_eq!(d.out_w, (d.in_w + 2 * d.pad_w - d.kernel_w) / d.stride_w + 1);
+    debug_assert_eq!(input.len(), d.in_channels * d.in_h * d.in_w);
+    debug_assert_eq!(weight.len(), d.out_channels * (d.in_channels / d.groups) * d.kernel_h * d.kernel_w);
+    debug_assert!(bias.is_none_or(|b| b.len() == d.out_channels));
+    debug_assert_eq!(out.len(), d.out_channels * d.out_h * d.out_w);
+
+    let unit = |k: usize, s: usize, p: usize| k == 1 && s == 1 && p == 0;
+    if d.groups == 1 && unit(d.kernel_h, d.stride_h, d.pad_h) && unit(d.kernel_w, d.stride_w, d.pad_w) {
+        return pointwise(input, weight, bias, d, act, out);
+    }
+    if d.groups == d.in_channels && d.groups == d.out_channels && d.kernel_h == d.kernel_w && d.stride_h == d.stride_w {
+        let kernel: Option<DepthwiseFn> = match (d.kernel_h, d.stride_h) {
+            (1, 1) => Some(depthwise::<1, 1>),
+            (1, 2) => Some(depthwise::<1, 2>),
+            (3, 1) => Some(depthwise::<3, 1>),
+            (3, 2) => Some(depthwise::<3, 2>),
+            (5, 1) => Some(depthwise::<5, 1>),
+            (5, 2) => Some(depthwise::<5, 2>),
+            (7, 1) => Some(depthwise::<7, 1>),
+            (7, 2) => Some(depthwise::<7, 2>),
+            _ => None,
+        };
+        if let Some(kernel) = kernel {
+            return kernel(input, weight, bias, d, act, out);
+        }
+    }
+    im2col_conv(input, weight, bias, d, act, out)
+}
+
+/// Signature shared by [`conv2d`] and its specialisations.
+type DepthwiseFn = fn(&[f32], &[f32], Option<&[f32]>, &Conv2dDims, Option<Activation>, &mut [f32]) -> u64;
+
+/// Applies bias and activation to every row of an output block whose first row is channel `row0`.
+fn bias_act_block(mut block: ArrayViewMut2<f32>, row0: usize, bias: Option<&[f32]>, act: Option<Activation>) {
+    if bias.is_none() && act.is_none() {
+        return;
+    }
+    for (r, row) in block.rows_mut().into_iter().enumerate() {
+        bias_act(row, bias.map_or(0.0, |b| b[row0 + r]), act);
+    }
+}
+
+/// 1×1 stride-1 convolution as one GEMM over the unmodified buffers.
+fn pointwise(
+    input: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    d: &Conv2dDims,
+    act: Option<Activation>,
+    out: &mut [f32],
+) -> u64 {
+    let hw = d.in_h * d.in_w;
+    let w = view2(weight, d.out_channels, d.in_channels);
+    let x = view2(input, d.in_channels, hw);
+    let y = view2_mut(out, d.out_channels, hw);
+    par_gemm(w, x, y, &|row0, block| bias_act_block(block, row0, bias, act))
+}
+
+/// Output pixels per im2col tile: the tile's columns (`kdim` values each) should stay in L2, and
+/// every thread should get at least one tile.
+fn im2col_tile(kdim: usize, pixels: usize) -> usize {
+    const TILE_FLOATS: usize = 48 * 1024;
+    let cache_tile = (TILE_FLOATS / kdim.max(1)).clamp(64, 4096) / 16 * 16;
+    let share = pixels.div_ceil(rayon::current_num_threads()).next_multiple_of(16);
+    cache_tile.min(share)
+}
+
+/// Output positions `o < out_len` whose input position `o·stride + k − pad` lies inside `[0, in_len)`:
+/// a range `lo..hi` (empty when `hi <= lo`).
+fn valid_range(k: usize, pad: usize, stride: usize, in_len: usize, out_len: usize) -> (usize, usize) {
+    let lo = if pad > k { (pad - k).div_ceil(stride) } else { 0 };
+    let hi = if in_len + pad > k { (in_len + pad - k).div_ceil(stride) } else { 0 };
+    (lo.min(out_len), hi.min(out_len))
+}
+
+/// Writes the im2col matrix `[cin_g · kh · kw, n]` of output pixels `p0..p0 + n` for the input channels
+/// starting at `c0` into `col`.
+fn im2col(input: &[f32], d: &Conv2dDims, c0: usize, p0: usize, n: usize, col: &mut [f32]) {
+    let cin_g = d.in_channels / d.groups;
+    let plane = d.in_h * d.in_w;
+    let mut rows = col.chunks_exact_mut(n);
+    for ci in 0..cin_g {
+        let x = &input[(c0 + ci) * plane..][..plane];
+        for ky in 0..d.kernel_h {
+            for kx in 0..d.kernel_w {
+                let Some(row) = rows.next() else { return };
+                let (lo, hi) = valid_range(kx, d.pad_w, d.stride_w, d.in_w, d.out_w);
+                let mut done = 0;
+                while done < n {
+                    let (oy, ox0) = ((p0 + done) / d.out_w, (p0 + done) % d.out_w);
+                    let len = (d.out_w - ox0).min(n - done);
+                    let seg = &mut row[done..done + len];
+                    done += len;
+                    let iy = oy * d.stride_h + ky;
+                    if iy < d.pad_h || iy - d.pad_h >= d.in_h {
+                        seg.fill(0.0);
+                        continue;
+                    }
+                    let src = &x[(iy - d.pad_h) * d.in_w..][..d.in_w];
+                    let a = lo.clamp(ox0, ox0 + len);
+                    let b = hi.clamp(a, ox0 + len);
+                    let (head, rest) = seg.split_at_mut(a - ox0);
+                    let (mid, tail) = rest.split_at_mut(b - a);
+                    head.fill(0.0);
+                    tail.fill(0.0);
+                    let first = a * d.stride_w + kx - d.pad_w;
+                    if d.stride_w == 1 {
+                        mid.copy_from_slice(&src[first..first + mid.len()]);
+                    } else {
+                        for (v, &s) in mid.iter_mut().zip(src[first..].iter().step_by(d.stride_w)) {
+                            *v = s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// General convolution: im2col of a pixel tile, then one GEMM per group, parallel over tiles.
+fn im2col_conv(
+    input: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    d: &Conv2dDims,
+    act: Option<Activation>,
+    out: &mut [f32],
+) -> u64 {
+    let (cin_g, cout_g) = (d.in_channels / d.groups, d.out_channels / d.groups);
+    let kdim = cin_g * d.kernel_h * d.kernel_w;
+    let pixels = d.out_h * d.out_w;
+    let tile = im2col_tile(kdim, pixels);
+    let mut y = view2_mut(out, d.out_channels, pixels);
+    let tiles: Vec<_> = y.axis_chunks_iter_mut(Axis(1), tile).enumerate().collect();
+    tiles
+        .into_par_iter()
+        .map(|(t, mut block)| {
+            let n = block.ncols();
+            with_scratch(kdim * n, |col| {
+                let mut macs = 0;
+                for g in 0..d.groups {
+                    im2col(input, d, g * cin_g, t * tile, n, col);
+                    let w = view2(&weight[g * cout_g * kdim..], cout_g, kdim);
+                    let mut y_g = block.slice_mut(s![g * cout_g..(g + 1) * cout_g, ..]);
+                    macs += gemm(&w, &view2(col, kdim, n), &mut y_g);
+                    bias_act_block(y_g, g * cout_g, bias, act);
+                }
+                macs
+            })
+        })
+        .sum()
+}
+
+/// Geometry of one depthwise plane padded once into stride phases.
+///
+/// Padded column `xp` is stored in phase `xp % S` at position `xp / S`, so tap `kx` of output column
+/// `ox` is element `ox + kx / S` of phase `kx % S`: a contiguous load for every stride. Each padded row
+/// holds `S` phases of `phase_w` elements; there are `rows` padded rows (only those the outputs read).
+struct DwPlan {
+    in_w: usize,
+    pad_h: usize,
+    pad_w: usize,
+    out_h: usize,
+    out_w: usize,
+    phase_w: usize,
+    rows: usize,
+}
+
+/// Output columns per vector.
+const LANES: usize = 8;
+/// Vectors per register tile in the wide part of a row.
+const WIDE: usize = 4;
+
+/// Depthwise convolution with a `K × K` kernel and stride `S`, parallel over channels.
+fn depthwise<const K: usize, const S: usize>(
+    input: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    d: &Conv2dDims,
+    act: Option<Activation>,
+    out: &mut [f32],
+) -> u64 {
+    let out_w_padded = d.out_w.next_multiple_of(LANES);
+    let plan = DwPlan {
+        in_w: d.in_w,
+        pad_h: d.pad_h,
+        pad_w: d.pad_w,
+        out_h: d.out_h,
+        out_w: d.out_w,
+        phase_w: out_w_padded + (K - 1) / S,
+        rows: (d.out_h - 1) * S + K,
+    };
+    let (in_plane, out_plane) = (d.in_h * d.in_w, d.out_h * d.out_w);
+    let fma = has_avx2_fma();
+    out.par_chunks_mut(out_plane)
+        .enumerate()
+        .with_min_len((4096 / (out_plane * K * K)).max(1))
+        .map(|(c, y)| {
+            let x = &input[c * in_plane..][..in_plane];
+            let w = &weight[c * K * K..][..K * K];
+            with_scratch(plan.rows * S * plan.phase_w, |buf| {
+                #[cfg(target_arch = "x86_64")]
+                if fma {
+                    // SAFETY: `fma` is true only when AVX2 and FMA were detected on this CPU.
+                    unsafe { dw_plane_avx2::<K, S>(x, w, &plan, buf, y) };
+                    return;
+                }
+                let _ = fma;
+                dw_plane::<K, S, false>(x, w, &plan, buf, y);
+            });
+            let b = bias.map_or(0.0, |b| b[c]);
+            for row in y.chunks_exact_mut(d.out_w) {
+                bias_act(ArrayViewMut1::from(row), b, act);
+            }
+            (out_plane * K * K) as u64
+        })
+        .sum()
+}
+
+/// [`dw_plane`] compiled for AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn dw_plane_avx2<const K: usize, const S: usize>(x: &[f32], w: &[f32], p: &DwPlan, buf: &mut [f32], y: &mut [f32]) {
+    dw_plane::<K, S, true>(x, w, p, buf, y);
+}
+
+/// One depthwise channel without bias: pads `x` into `buf`, then computes `y` two rows at a time.
+#[inline(always)]
+fn dw_plane<const K: usize, const S: usize, const FMA: bool>(
+    x: &[f32],
+    w: &[f32],
+    p: &DwPlan,
+    buf: &mut [f32],
+    y: &mut [f32],
+) {
+    let row_stride = S * p.phase_w;
+    buf.fill(0.0);
+    for (iy, src) in x.chunks_exact(p.in_w).enumerate().take(p.rows.saturating_sub(p.pad_h)) {
+        let dst = &mut buf[(iy + p.pad_h) * row_stride..][..row_stride];
+        if S == 1 {
+            let n = p.in_w.min(p.phase_w.saturating_sub(p.pad_w));
+            dst[p.pad_w..p.pad_w + n].copy_from_slice(&src[..n]);
+        } else {
+            for (ix, &v) in src.iter().enumerate() {
+                let xp = ix + p.pad_w;
+                let pos = xp / S;
+                if pos < p.phase_w {
+                    dst[(xp % S) * p.phase_w + pos] = v;
+                }
+            }
+        }
+    }
+    let mut oy = 0;
+    while oy + 2 <= p.out_h {
+        dw_rows::<K, S, 2, FMA>(buf, p, w, oy, y);
+        oy += 2;
+    }
+    if oy < p.out_h {
+        dw_rows::<K, S, 1, FMA>(buf, p, w, oy, y);
+    }
+}
+
+/// Output rows `oy..oy + R` of one depthwise channel, in register tiles of `WIDE` then single vectors.
+#[inline(always)]
+fn dw_rows<const K: usize, const S: usize, const R: usize, const FMA: bool>(
+    buf: &[f32],
+    p: &DwPlan,
+    w: &[f32],
+    oy: usize,
+    y: &mut [f32],
+) {
+    let padded_w = p.out_w.next_multiple_of(LANES);
+    let mut x0 = 0;
+    while x0 + WIDE * LANES <= padded_w {
+        let acc = dw_tile::<K, S, WIDE, R, FMA>(buf, p.phase_w, w, oy, x0);
+        dw_store(&acc, y, p.out_w, oy, x0);
+        x0 += WIDE * LANES;
+    }
+    while x0 < padded_w {
+        let acc = dw_tile::<K, S, 1, R, FMA>(buf, p.phase_w, w, oy, x0);
+        dw_store(&acc, y, p.out_w, oy, x0);
+        x0 += LANES;
+    }
+}
+
+/// Accumulates the `R × V × LANES` outputs starting at row `oy`, column `x0` in registers.
+#[inline(always)]
+fn dw_tile<const K: usize, const S: usize, const V: usize, const R: usize, const FMA: bool>(
+    buf: &[f32],
+    phase_w: usize,
+    w: &[f32],
+    oy: usize,
+    x0: usize,
+) -> [[[f32; LANES]; V]; R] {
+    let row_stride = S * phase_w;
+    let w = &w[..K * K];
+    let mut acc = [[[0.0f32; LANES]; V]; R];
+    for ky in 0..K {
+        for kx in 0..K {
+            let wk = w[ky * K + kx];
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let start = ((oy + r) * S + ky) * row_stride + (kx % S) * phase_w + kx / S + x0;
+                let src = &buf[start..start + V * LANES];
+                for (v, acc_v) in acc_r.iter_mut().enumerate() {
+                    for (l, a) in acc_v.iter_mut().enumerate() {
+                        *a = madd::<FMA>(wk, src[v * LANES + l], *a);
+                    }
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// Stores the valid columns (those below `out_w`) of a register tile.
+#[inline(always)]
+fn dw_store<const V: usize, const R: usize>(
+    acc: &[[[f32; LANES]; V]; R],
+    y: &mut [f32],
+    out_w: usize,
+    oy: usize,
+    x0: usize,
+) {
+    for (r, acc_r) in acc.iter().enumerate() {
+        let row = &mut y[(oy + r) * out_w..][..out_w];
+        for (v, acc_v) in acc_r.iter().enumerate() {
+            let x = x0 + v * LANES;
+            if x >= out_w {
+                break;
+            }
+            let n = (out_w - x).min(LANES);
+            row[x..x + n].copy_from_slice(&acc_v[..n]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::kernels::test_util::{assert_close, random, with_pools};
+
+    /// Dimensions with PyTorch's output-size formula.
+    #[allow(clippy::too_many_arguments)]
+    fn dims(
+        cin: usize,
+        h: usize,
+        w: usize,
+        cout: usize,
+        k: (usize, usize),
+        s: usize,
+        p: usize,
+        g: usize,
+    ) -> Conv2dDims {
+        Conv2dDims {
+            in_channels: cin,
+            in_h: h,
+            in_w: w,
+            out_channels: cout,
+            kernel_h: k.0,
+            kernel_w: k.1,
+            stride_h: s,
+            stride_w: s,
+            pad_h: p,
+            pad_w: p,
+            groups: g,
+            out_h: (h + 2 * p - k.0) / s + 1,
+            out_w: (w + 2 * p - k.1) / s + 1,
+        }
+    }
+
+    /// Direct seven-loop convolution with bounds checks on every tap.
+    fn naive(x: &[f32], wt: &[f32], bias: Option<&[f32]>, d: &Conv2dDims, act: Option<Activation>) -> Vec<f32> {
+        let (cin_g, cout_g) = (d.in_channels / d.groups, d.out_channels / d.groups);
+        let mut out = Vec::new();
+        for co in 0..d.out_channels {
+            let g = co / cout_g;
+            for oy in 0..d.out_h {
+                for ox in 0..d.out_w {
+                    let mut sum = bias.map_or(0.0, |b| b[co] as f64);
+                    for ci in 0..cin_g {
+                        for ky in 0..d.kernel_h {
+                            for kx in 0..d.kernel_w {
+                                let iy = (oy * d.stride_h + ky) as isize - d.pad_h as isize;
+                                let ix = (ox * d.stride_w + kx) as isize - d.pad_w as isize;
+                                if iy < 0 || ix < 0 || iy >= d.in_h as isize || ix >= d.in_w as isize {
+                                    continue;
+                                }
+                                let xv = x[((g * cin_g + ci) * d.in_h + iy as usize) * d.in_w + ix as usize];
+                                let wv = wt[((co * cin_g + ci) * d.kernel_h + ky) * d.kernel_w + kx];
+                                sum += xv as f64 * wv as f64;
+                            }
+                        }
+                    }
+                    let v = sum as f32;
+                    out.push(act.map_or(v, |a| a.apply(v)));
+                }
+            }
+        }
+        out
+    }
+
+    /// Runs `conv2d` on random data for every activation, with and without bias, in 1-, 2- and
+    /// 3-thread pools, against [`naive`]; checks the MAC count.
+    fn check(d: Conv2dDims) {
+        let x = random(d.in_channels * d.in_h * d.in_w, 11, 2.0);
+        let wt = random(d.out_channels * d.in_channels / d.groups * d.kernel_h * d.kernel_w, 12, 1.0);
+        let b = random(d.out_channels, 13, 2.0);
+        let want_macs =
+            (d.out_channels * d.out_h * d.out_w * d.in_channels / d.groups * d.kernel_h * d.kernel_w) as u64;
+        with_pools(|threads| {
+            for act in [None].into_iter().chain(Activation::ALL.map(Some)) {
+                for bias in [None, Some(b.as_slice())] {
+                    let mut out = vec![f32::NAN; d.out_channels * d.out_h * d.out_w];
+                    let macs = conv2d(&x, &wt, bias, &d, act, &mut out);
+                    let what = format!("{d:?} act {act:?} bias {} threads {threads}", bias.is_some());
+                    assert_close(&out, &naive(&x, &wt, bias, &d, act), &what);
+                    assert_eq!(macs, want_macs, "{what}");
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn pointwise_matches_naive() {
+        check(dims(5, 7, 11, 6, (1, 1), 1, 0, 1));
+        check(dims(4, 1, 1, 3, (1, 1), 1, 0, 1));
+        // Large enough to split across threads: by columns, then by rows.
+        check(dims(16, 24, 40, 24, (1, 1), 1, 0, 1));
+        check(dims(32, 7, 5, 64, (1, 1), 1, 0, 1));
+    }
+
+    #[test]
+    fn dense_and_strided_match_naive() {
+        check(dims(3, 7, 11, 4, (3, 3), 1, 1, 1));
+        check(dims(3, 9, 13, 8, (3, 3), 2, 1, 1)); // the stem, odd sizes
+        check(dims(3, 40, 52, 16, (3, 3), 2, 1, 1)); // several im2col tiles
+        check(dims(6, 9, 7, 5, (1, 1), 2, 0, 1)); // strided 1×1
+        check(dims(4, 6, 5, 3, (2, 3), 1, 0, 1)); // rectangular kernel, no padding
+        check(dims(2, 1, 1, 3, (3, 3), 1, 1, 1)); // 1×1 input, all but the centre tap padded
+        check(dims(2, 3, 3, 2, (3, 3), 1, 3, 1)); // padding wider than the kernel reach
+    }
+
+    #[test]
+    fn grouped_matches_naive() {
+        check(dims(4, 7, 11, 6, (3, 3), 1, 1, 2));
+        check(dims(4, 9, 7, 6, (5, 5), 2, 2, 2));
+        check(dims(6, 5, 5, 3, (1, 1), 1, 0, 3));
+    }
+
+    #[test]
+    fn depthwise_matches_naive() {
+        for (k, s) in [(1, 1), (1, 2), (3, 1), (3, 2), (5, 1), (5, 2), (7, 1), (7, 2)] {
+            for (h, w) in [(7, 11), (1, 1), (13, 37), (8, 8), (16, 70)] {
+                for p in [k / 2, 0] {
+                    if h + 2 * p >= k && w + 2 * p >= k {
+                        check(dims(3, h, w, 3, (k, k), s, p, 3));
+                    }
+                }
+            }
+        }
+        // Specialisations not covered (stride 3, even or rectangular kernel) go through im2col.
+        check(dims(3, 11, 9, 3, (3, 3), 3, 1, 3));
+        check(dims(3, 7, 11, 3, (2, 2), 1, 0, 3));
+        check(dims(3, 7, 11, 3, (3, 1), 1, 1, 3));
+        // Padding beyond the kernel's reach.
+        check(dims(3, 5, 6, 3, (3, 3), 1, 2, 3));
+        check(dims(3, 5, 6, 3, (3, 3), 2, 3, 3));
+        // Many channels, so channels are spread over threads.
+        check(dims(40, 9, 9, 40, (3, 3), 2, 1, 40));
+    }
+
+    #[test]
+    fn valid_range_bounds_every_tap() {
+        for (k, pad, stride, in_len, out_len) in [(0, 1, 1, 5, 5), (2, 1, 1, 5, 5), (0, 2, 2, 7, 4), (4, 2, 2, 7, 4)] {
+            let (lo, hi) = valid_range(k, pad, stride, in_len, out_len);
+            for o in 0..out_len {
+                let inside = (o * stride + k) >= pad && (o * stride + k - pad) < in_len;
+                assert_eq!(inside, (lo..hi).contains(&o), "k {k} pad {pad} stride {stride} o {o}");
+            }
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Bilinear resizing with PyTorch's `align_corners=False` rule, separably: each needed input row is
+//! interpolated horizontally once, then output rows blend two of those rows with contiguous loads.
+
+use rayon::prelude::*;
+
+use super::with_scratch;
+
+/// The two source indices of one output coordinate and their weights.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Tap {
+    i0: usize,
+    i1: usize,
+    w0: f32,
+    w1: f32,
+}
+
+/// Taps of every output coordinate, exactly as PyTorch's `upsample_bilinear2d` computes them in `f32`:
+/// `src = max((dst + 0.5)·in/out − 0.5, 0)`, `i0 = min(floor(src), in − 1)`, `i1 = min(i0 + 1, in − 1)`,
+/// `lambda = clamp(src − i0, 0, 1)`.
+fn taps(in_len: usize, out_len: usize) -> Vec<Tap> {
+    let scale = in_len as f32 / out_len as f32;
+    (0..out_len)
+        .map(|o| {
+            let src = (scale * (o as f32 + 0.5) - 0.5).max(0.0);
+            let i0 = (src.floor() as usize).min(in_len - 1);
+            let i1 = (i0 + 1).min(in_len - 1);
+            let lambda = (src - i0 as f32).clamp(0.0, 1.0);
+            Tap { i0, i1, w0: 1.0 - lambda, w1: lambda }
+        })
+        .collect()
+}
+
+/// PyTorch `F.interpolate(mode='bilinear', align_corners=False)` to an explicit size, per channel.
+///
+/// `input` holds `channels` planes of `in_h × in_w`, `out` as many of `out_h × out_w`; the result is
+/// written into `out`, or added to it when `accumulate`. Parallel over channels.
+#[allow(clippy::too_many_arguments)] // the documented kernel signature
+pub fn resize_bilinear(
+    input: &[f32],
+    channels: usize,
+    in_h: usize,
+    in_w: usize,
+    out_h: usize,
+    out_w: usize,
+    out: &mut [f32],
+    accumulate: bool,
+) {
+    debug_assert_eq!(input.len(), channels * in_h * in_w);
+    debug_assert_eq!(out.len(), channels * out_h * out_w);
+    if out.is_empty() {
+        return;
+    }
+    if (in_h, in_w) == (out_h, out_w) {
+        // Scale 1: every source coordinate is the destination itself.
+        if accumulate {
+            super::add_into(out, input);
+        } else {
+            out.copy_from_slice(input);
+        }
+        return;
+    }
+    let (rows, cols) = (taps(in_h, out_h), taps(in_w, out_w));
+    let mut needed = vec![false; in_h];
+    for t in &rows {
+        needed[t.i0] = true;
+        needed[t.i1] = true;
+    }
+    out.par_chunks_mut(out_h * out_w)
+        .zip(input.par_chunks(in_h * in_w))
+        .with_min_len((4096 / (out_h * out_w)).max(1))
+        .for_each(|(y, x)| {
+            with_scratch(in_h * out_w, |horizontal| {
+                for ((h_row, x_row), _) in horizontal
+                    .chunks_exact_mut(out_w)
+                    .zip(x.chunks_exact(in_w))
+                    .zip(&needed)
+                    .filter(|(_, &needed)| needed)
+                {
+                    for (h, t) in h_row.iter_mut().zip(&cols) {
+                        *h = t.w0 * x_row[t.i0] + t.w1 * x_row[t.i1];
+                    }
+                }
+                for (y_row, t) in y.chunks_exact_mut(out_w).zip(&rows) {
+                    let h0 = &horizontal[t.i0 * out_w..][..out_w];
+                    let h1 = &horizontal[t.i1 * out_w..][..out_w];
+                    let values = h0.iter().zip(h1).map(|(&a, &b)| t.w0 * a + t.w1 * b);
+                    if accumulate {
+                        y_row.iter_mut().zip(values).for_each(|(o, v)| *o += v);
+                    } else {
+                        y_row.iter_mut().zip(values).for_each(|(o, v)| *o = v);
+                    }
+                }
+            });
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::kernels::test_util::{assert_close, random, with_pools};
+
+    /// Four-tap formula per output element, coordinates computed in `f64`.
+    fn naive(x: &[f32], c: usize, ih: usize, iw: usize, oh: usize, ow: usize) -> Vec<f32> {
+        let coord = |o: usize, inl: usize, outl: usize| {
+            let src = ((o as f64 + 0.5) * inl as f64 / outl as f64 - 0.5).max(0.0);
+            let i0 = (src.floor() as usize).min(inl - 1);
+            (i0, (i0 + 1).min(inl - 1), src - i0 as f64)
+        };
+        let mut out = Vec::new();
+        for ch in 0..c {
+            let at = |y: usize, xx: usize| x[(ch * ih + y) * iw + xx] as f64;
+            for oy in 0..oh {
+                let (y0, y1, ly) = coord(oy, ih, oh);
+                for ox in 0..ow {
+                    let (x0, x1, lx) = coord(ox, iw, ow);
+                    let top = (1.0 - lx) * at(y0, x0) + lx * at(y0, x1);
+                    let bottom = (1.0 - lx) * at(y1, x0) + lx * at(y1, x1);
+                    out.push(((1.0 - ly) * top + ly * bottom) as f32);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_naive_up_down_and_identity() {
+        let shapes = [(7, 11, 3, 5), (7, 11, 16, 9), (1, 1, 4, 3), (5, 5, 5, 5), (16, 16, 64, 64), (13, 6, 1, 1)];
+        with_pools(|threads| {
+            for (ih, iw, oh, ow) in shapes {
+                for c in [1, 3] {
+                    let x = random(c * ih * iw, 7, 3.0);
+                    let base = random(c * oh * ow, 8, 1.0);
+                    let want = naive(&x, c, ih, iw, oh, ow);
+                    let what = format!("{c}x{ih}x{iw} -> {oh}x{ow}, threads {threads}");
+                    let mut out = vec![f32::NAN; c * oh * ow];
+                    resize_bilinear(&x, c, ih, iw, oh, ow, &mut out, false);
+                    assert_close(&out, &want, &what);
+                    let mut acc = base.clone();
+                    resize_bilinear(&x, c, ih, iw, oh, ow, &mut acc, true);
+                    let want_acc: Vec<f32> = want.iter().zip(&base).map(|(w, b)| w + b).collect();
+                    assert_close(&acc, &want_acc, &format!("{what} accumulate"));
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn pytorch_values_by_hand() {
+        // F.interpolate(torch.tensor([[[[1., 2.], [3., 4.]]]]), size=(4, 4), mode='bilinear', align_corners=False)
+        let mut out = [0.0; 16];
+        resize_bilinear(&[1.0, 2.0, 3.0, 4.0], 1, 2, 2, 4, 4, &mut out, false);
+        #[rustfmt::skip]
+        let want = [1.0, 1.25, 1.75, 2.0, 1.5, 1.75, 2.25, 2.5, 2.5, 2.75, 3.25, 3.5, 3.0, 3.25, 3.75, 4.0];
+        assert_eq!(out, want);
+        // torch.arange(16.).view(1, 1, 4, 4) resized to 2×2.
+        let x: Vec<f32> = (0..16).map(|v| v as f32).collect();
+        let mut out = [0.0; 4];
+        resize_bilinear(&x, 1, 4, 4, 2, 2, &mut out, false);
+        assert_eq!(out, [2.5, 4.5, 10.5, 12.5]);
+        // [0, 1, 2] to width 5: sources 0 (clamped), 0.4, 1.0, 1.6, 2.2 (clamped to the last column).
+        let mut out = [0.0; 5];
+        resize_bilinear(&[0.0, 1.0, 2.0], 1, 1, 3, 1, 5, &mut out, false);
+        assert_close(&out, &[0.0, 0.4, 1.0, 1.6, 2.0], "1x3 -> 1x5");
+    }
+}
