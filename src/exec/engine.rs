@@ -113,25 +113,23 @@ impl<'g> Executor<'g> {
             let first_input = first.inputs.first().copied();
             let reusable = first_input
                 .filter(|i| last_read[i.index()] == s && !keep.contains(i) && first.inputs[1..].iter().all(|j| j != i))
-                .filter(|_| matches!(first.op, Op::Activation(_) | Op::Elementwise(_) | Op::Softmax(_) | Op::Reshape(_)));
+                .filter(|_| {
+                    matches!(first.op, Op::Activation(_) | Op::Elementwise(_) | Op::Softmax(_) | Op::Reshape(_))
+                });
             let mut out = match reusable.and_then(|i| buffers[i.index()].take()) {
                 Some(buf) => buf,
                 None => take_buffer(&mut free, out_len),
             };
-            let inputs: Vec<&[f32]> = first
-                .inputs
-                .iter()
-                .map(|i| buffers[i.index()].as_deref().unwrap_or_default())
-                .collect();
-            let args = ForwardArgs { inputs: &inputs, input_shapes: &shapes, output_shape: &first.shape, params: &param_refs };
-            let done = if reusable.is_some() {
-                first.op.forward_in_place(&args, &mut out)
-            } else {
-                None
-            };
+            let inputs: Vec<&[f32]> =
+                first.inputs.iter().map(|i| buffers[i.index()].as_deref().unwrap_or_default()).collect();
+            let args =
+                ForwardArgs { inputs: &inputs, input_shapes: &shapes, output_shape: &first.shape, params: &param_refs };
+            let done = if reusable.is_some() { first.op.forward_in_place(&args, &mut out) } else { None };
             let performed = match (done, &first.op) {
                 (Some(m), _) => m,
-                (None, Op::Conv2d(conv)) => conv.forward(inputs[0], shapes[0], &first.shape, &param_refs, step.act, &mut out),
+                (None, Op::Conv2d(conv)) => {
+                    conv.forward(inputs[0], shapes[0], &first.shape, &param_refs, step.act, &mut out)
+                }
                 (None, op) => op.forward(&args, &mut out),
             };
             drop(inputs);
@@ -155,7 +153,8 @@ impl<'g> Executor<'g> {
 
 /// A buffer of `len` values with unspecified contents: the smallest free one that is large enough, else new.
 fn take_buffer(free: &mut Vec<Vec<f32>>, len: usize) -> Vec<f32> {
-    let best = free.iter().enumerate().filter(|(_, b)| b.capacity() >= len).min_by_key(|(_, b)| b.capacity()).map(|(i, _)| i);
+    let best =
+        free.iter().enumerate().filter(|(_, b)| b.capacity() >= len).min_by_key(|(_, b)| b.capacity()).map(|(i, _)| i);
     let mut buf = match best {
         Some(i) => free.swap_remove(i),
         None => Vec::with_capacity(len),

@@ -21,13 +21,15 @@ pub fn read_input(path: &Path, res: Option<(usize, usize)>) -> Result<(Vec<f32>,
         return image_io::read_image(path, res);
     }
     let mut tensors = weights::read_tensors(path)?;
-    let tensor = tensors
-        .remove("input")
-        .ok_or_else(|| Error::input(format!("{}: no tensor named 'input'", path.display())))?;
+    let tensor =
+        tensors.remove("input").ok_or_else(|| Error::input(format!("{}: no tensor named 'input'", path.display())))?;
     let (h, w) = match tensor.shape.as_slice() {
         &[1, 3, h, w] if h > 0 && w > 0 => (h, w),
         shape => {
-            return Err(Error::input(format!("{}: tensor 'input' has shape {shape:?}, expected [1, 3, H, W]", path.display())))
+            return Err(Error::input(format!(
+                "{}: tensor 'input' has shape {shape:?}, expected [1, 3, H, W]",
+                path.display()
+            )))
         }
     };
     if let Some(res) = res.filter(|&r| r != (h, w)) {
@@ -47,7 +49,12 @@ pub fn read_input(path: &Path, res: Option<(usize, usize)>) -> Result<(Vec<f32>,
 /// The class of every pixel after bilinearly resizing `logits` [C, H, W] to `out_h`×`out_w` (as mmseg's
 /// inference does before its argmax). Works through the classes a few at a time so the full-size
 /// score map never has to exist at once.
-pub fn argmax_resized(logits: &[f32], channels: usize, (h, w): (usize, usize), (out_h, out_w): (usize, usize)) -> Vec<u32> {
+pub fn argmax_resized(
+    logits: &[f32],
+    channels: usize,
+    (h, w): (usize, usize),
+    (out_h, out_w): (usize, usize),
+) -> Vec<u32> {
     const CHUNK: usize = 8;
     let plane = out_h * out_w;
     let mut best = vec![f32::NEG_INFINITY; plane];

@@ -40,7 +40,9 @@ impl NodeParams {
                 match (p.kind, t.data) {
                     (ParamKind::Counter, _) => {}
                     (_, TensorData::F32(data)) => params.push(data),
-                    (_, TensorData::I64(_)) => problems.push(format!("{} is an integer tensor, expected float", p.name)),
+                    (_, TensorData::I64(_)) => {
+                        problems.push(format!("{} is an integer tensor, expected float", p.name))
+                    }
                 }
             }
             bound.push(params);
@@ -81,7 +83,9 @@ impl NodeParams {
                         let n = numel(&p.shape) as usize;
                         let suffix = p.name.rsplit('.').next().unwrap_or_default();
                         match (&node.op, suffix) {
-                            (Op::BatchNorm(_), "weight" | "running_var") => (0..n).map(|_| 0.5 + rng.uniform()).collect(),
+                            (Op::BatchNorm(_), "weight" | "running_var") => {
+                                (0..n).map(|_| 0.5 + rng.uniform()).collect()
+                            }
                             (_, "weight") => (0..n).map(|_| rng.normal() * (1.0 / fan_in).sqrt() as f32).collect(),
                             _ => (0..n).map(|_| 0.1 * rng.normal()).collect(),
                         }

@@ -1,8 +1,8 @@
 //! 2-D convolution, and the one place where convolution geometry is computed.
 
 use super::{nchw, Activation, ParamDecl, Shape};
-use crate::exec::kernels::{conv2d, Conv2dDims};
 use crate::cost::Cost;
+use crate::exec::kernels::{conv2d, Conv2dDims};
 
 /// `nn.Conv2d` with a square kernel, dilation 1 and zero padding.
 #[derive(Clone, Debug, PartialEq, Eq)]
