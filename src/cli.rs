@@ -2,11 +2,15 @@
 
 use crate::cost::{Convention, Profile};
 use crate::error::{Error, Result};
+use crate::exec::image_io::{palette, write_class_map_png};
+use crate::exec::weights::{read_tensors, write_safetensors};
+use crate::exec::{argmax_resized, read_input, Executor, NodeParams};
 use crate::graph::{compile, Graph};
 use crate::report::json::profile_json;
 use crate::report::table::{render_markdown, render_table};
+use crate::report::timing::render_timing;
 use crate::report::Depth;
-use crate::spec::{embedded_specs, load_embedded, load_file, parse_resolution, LoadedSpec};
+use crate::spec::{embedded_specs, load_embedded, load_file, parse_resolution, LoadedSpec, Task};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +32,8 @@ enum Command {
     Profile(ProfileArgs),
     /// Print the layer graph as Graphviz DOT.
     Graph(SpecArgs),
+    /// Run the network: logits to .safetensors, or a coloured class map to .png.
+    Forward(ForwardArgs),
 }
 
 /// Which network, at which input size.
@@ -48,8 +54,8 @@ pub struct SpecArgs {
 }
 
 impl SpecArgs {
-    /// Loads the spec, applies `--classes`, and compiles it at the chosen resolution.
-    pub fn compile(&self) -> Result<(LoadedSpec, Graph)> {
+    /// Loads the spec and applies `--classes`.
+    pub fn load(&self) -> Result<LoadedSpec> {
         let mut loaded = match (&self.variant, &self.spec) {
             (_, Some(path)) => load_file(path)?,
             (Some(name), None) => load_embedded(name)?,
@@ -61,15 +67,129 @@ impl SpecArgs {
             }
             loaded.spec.set_num_classes(classes);
         }
+        Ok(loaded)
+    }
+
+    /// `--res` parsed, if given.
+    pub fn resolution(&self) -> Result<Option<(usize, usize)>> {
+        self.res.as_deref().map(parse_resolution).transpose()
+    }
+
+    /// Loads the spec and compiles it at `--res`, else the spec's first published resolution, else 512².
+    pub fn compile(&self) -> Result<(LoadedSpec, Graph)> {
+        let loaded = self.load()?;
         let res = match (&self.res, loaded.spec.published.first()) {
             (Some(res), _) => res.clone(),
             (None, Some(p)) => p.res.clone(),
             (None, None) => "512".into(),
         };
         let (h, w) = parse_resolution(&res)?;
-        let graph = compile(&loaded.spec, h, w).map_err(|e| Error::input(format!("{}: {e}", loaded.origin)))?;
+        let graph = compile_at(&loaded, h, w)?;
         Ok((loaded, graph))
     }
+}
+
+fn compile_at(loaded: &LoadedSpec, h: usize, w: usize) -> Result<Graph> {
+    compile(&loaded.spec, h, w).map_err(|e| Error::input(format!("{}: {e}", loaded.origin)))
+}
+
+#[derive(Args, Debug)]
+struct ForwardArgs {
+    #[command(flatten)]
+    spec: SpecArgs,
+    /// Checkpoint: .safetensors or PyTorch .pth, keyed by official state_dict names. Without it,
+    /// seeded random weights.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Seed of the random weights used without --weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// A .safetensors file with tensor `input` [1,3,H,W] (normalised), or a PNG/JPEG image.
+    #[arg(long)]
+    input: PathBuf,
+    /// A .safetensors file (receives `logits`) or a .png (receives the coloured class map).
+    #[arg(long)]
+    output: PathBuf,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print measured time per layer and stage beside the analytic MACs.
+    #[arg(long)]
+    profile: bool,
+    /// Also write tpm.out0..3, ppa, trans, sim.out0..2 to the .safetensors output.
+    #[arg(long)]
+    dump_intermediates: bool,
+}
+
+/// What `forward` writes.
+enum OutputKind {
+    Tensors,
+    ClassMap,
+}
+
+fn forward(args: &ForwardArgs) -> Result<String> {
+    let loaded = args.spec.load()?;
+    let extension = args.output.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    let kind = match extension.as_deref() {
+        Some("safetensors") => OutputKind::Tensors,
+        Some("png") if loaded.spec.task() == Task::Segmentation => OutputKind::ClassMap,
+        Some("png") => {
+            return Err(Error::input(format!(
+                "{}: a classifier has no class map; write .safetensors",
+                args.output.display()
+            )))
+        }
+        _ => return Err(Error::input(format!("{}: output must end in .safetensors or .png", args.output.display()))),
+    };
+    if args.dump_intermediates && matches!(kind, OutputKind::ClassMap) {
+        return Err(Error::input("--dump-intermediates needs a .safetensors output"));
+    }
+    let (input, h, w) = read_input(&args.input, args.spec.resolution()?)?;
+    let graph = compile_at(&loaded, h, w)?;
+    let params = match &args.weights {
+        Some(path) => NodeParams::from_tensors(&graph, read_tensors(path)?, &path.display().to_string())?,
+        None => NodeParams::random(&graph, args.seed),
+    };
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    if threads == 0 {
+        return Err(Error::input("--threads must be positive"));
+    }
+    let exec = Executor::new(&graph, params, threads)?;
+    let logits = graph.tap_node("logits").unwrap_or(graph.output());
+    let keep: Vec<_> =
+        if args.dump_intermediates { graph.taps().iter().map(|&(_, i)| i).collect() } else { vec![logits] };
+    let started = std::time::Instant::now();
+    let run = exec.run(&input, logits, &keep)?;
+    let elapsed = started.elapsed();
+    let logits_shape = &graph.node(logits).shape;
+    let data = |i| run.kept.get(&i).cloned().unwrap_or_default();
+    match kind {
+        OutputKind::Tensors => {
+            let tensors: Vec<_> = graph
+                .taps()
+                .iter()
+                .filter(|(_, i)| keep.contains(i))
+                .map(|(name, i)| (name.clone(), graph.node(*i).shape.clone(), data(*i)))
+                .collect();
+            write_safetensors(&args.output, &tensors)?;
+        }
+        OutputKind::ClassMap => {
+            let classes = argmax_resized(&data(logits), logits_shape[1], (logits_shape[2], logits_shape[3]), (h, w));
+            write_class_map_png(&args.output, &classes, h, w, &palette(logits_shape[1]))?;
+        }
+    }
+    let mut out = format!(
+        "{}: {} at {h}x{w} in {:.1} ms on {threads} thread(s); logits {:?} → {}\n",
+        loaded.spec.name,
+        args.weights.as_ref().map_or(format!("random weights (seed {})", args.seed), |p| p.display().to_string()),
+        elapsed.as_secs_f64() * 1e3,
+        logits_shape,
+        args.output.display()
+    );
+    if args.profile {
+        out.push_str(&render_timing(&graph, &run.steps));
+    }
+    Ok(out)
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -120,6 +240,7 @@ fn run(cli: Cli) -> Result<String> {
         Command::List => Ok(list()),
         Command::Profile(args) => profile(&args),
         Command::Graph(args) => Ok(args.compile()?.1.to_dot()),
+        Command::Forward(args) => forward(&args),
     }
 }
 

@@ -4,5 +4,6 @@ pub mod format;
 pub mod json;
 pub mod rows;
 pub mod table;
+pub mod timing;
 
 pub use rows::Depth;

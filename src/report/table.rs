@@ -4,7 +4,8 @@ use super::rows::{breakdown, conventions_line, published, Depth, Rows};
 use crate::cost::{Convention, Profile};
 use prettytable::{format, Cell, Row, Table};
 
-fn terminal_table(rows: &Rows) -> String {
+/// A plain-text table with a title row and right-aligned numbers.
+pub(crate) fn terminal_table(rows: &Rows) -> String {
     let mut table = Table::new();
     table.set_format(*format::consts::FORMAT_NO_LINESEP_WITH_TITLE);
     table.set_titles(Row::new(rows.header.iter().map(|h| Cell::new(h).style_spec("b")).collect()));
