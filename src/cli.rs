@@ -1,5 +1,6 @@
 //! The `toparch` command line.
 
+use crate::budget;
 use crate::cost::{Convention, Profile};
 use crate::error::{Error, Result};
 use crate::exec::image_io::{palette, write_class_map_png};
@@ -34,6 +35,50 @@ enum Command {
     Graph(SpecArgs),
     /// Run the network: logits to .safetensors, or a coloured class map to .png.
     Forward(ForwardArgs),
+    /// Check FLOP and parameter budgets; exits 1 when one is exceeded.
+    Check(CheckArgs),
+}
+
+#[derive(Args, Debug)]
+struct CheckArgs {
+    /// The budgets file.
+    #[arg(long, default_value = "specs/budgets.toml")]
+    budgets: PathBuf,
+    /// Output format.
+    #[arg(long, short = 'f', value_enum, default_value = "table")]
+    format: CheckFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum CheckFormat {
+    Table,
+    Json,
+}
+
+/// What a command printed and whether it found a failure (exit 1).
+struct Outcome {
+    stdout: String,
+    failures: Vec<String>,
+}
+
+impl From<String> for Outcome {
+    fn from(stdout: String) -> Self {
+        Outcome { stdout, failures: Vec::new() }
+    }
+}
+
+fn check(args: &CheckArgs) -> Result<Outcome> {
+    let budgets = budget::read_budgets(&args.budgets)?;
+    let verdicts = budget::evaluate(&budgets, args.budgets.parent().unwrap_or(std::path::Path::new(".")))?;
+    let stdout = match args.format {
+        CheckFormat::Table => budget::render_table(&verdicts),
+        CheckFormat::Json => {
+            let mut text = serde_json::to_string_pretty(&verdicts).unwrap_or_default();
+            text.push('\n');
+            text
+        }
+    };
+    Ok(Outcome { stdout, failures: budget::failures(&verdicts) })
 }
 
 /// Which network, at which input size.
@@ -235,22 +280,31 @@ fn profile(args: &ProfileArgs) -> Result<String> {
     })
 }
 
-fn run(cli: Cli) -> Result<String> {
+fn run(cli: Cli) -> Result<Outcome> {
     match cli.command {
-        Command::List => Ok(list()),
-        Command::Profile(args) => profile(&args),
-        Command::Graph(args) => Ok(args.compile()?.1.to_dot()),
-        Command::Forward(args) => forward(&args),
+        Command::List => Ok(list().into()),
+        Command::Profile(args) => profile(&args).map(Outcome::from),
+        Command::Graph(args) => Ok(args.compile()?.1.to_dot().into()),
+        Command::Forward(args) => forward(&args).map(Outcome::from),
+        Command::Check(args) => check(&args),
     }
 }
 
-/// Parses the command line, runs it, prints the result; user errors exit with code 2.
+/// Parses the command line, runs it, prints the result. A failed check exits with code 1, a user error
+/// with code 2.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(text) => {
-            print!("{text}");
-            ExitCode::SUCCESS
+        Ok(outcome) => {
+            print!("{}", outcome.stdout);
+            for failure in &outcome.failures {
+                eprintln!("{failure}");
+            }
+            if outcome.failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Err(e) => {
             eprintln!("error: {e}");

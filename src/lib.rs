@@ -1,5 +1,6 @@
 //! toparch: analyse TopFormer-family segmentation networks.
 
+pub mod budget;
 pub mod cli;
 pub mod cost;
 pub mod error;

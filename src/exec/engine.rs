@@ -52,6 +52,8 @@ pub struct Executor<'g> {
     graph: &'g Graph,
     steps: Vec<Step>,
     pool: rayon::ThreadPool,
+    /// Buffers kept between runs, so repeated runs neither allocate nor fault in fresh pages.
+    spare: std::sync::Mutex<Vec<Vec<f32>>>,
 }
 
 impl<'g> Executor<'g> {
@@ -61,7 +63,7 @@ impl<'g> Executor<'g> {
             .num_threads(threads.max(1))
             .build()
             .map_err(|e| Error::input(format!("cannot start {threads} threads: {e}")))?;
-        Ok(Executor { graph, steps: plan(graph, params), pool })
+        Ok(Executor { graph, steps: plan(graph, params), pool, spare: Default::default() })
     }
 
     /// The graph being run.
@@ -95,7 +97,7 @@ impl<'g> Executor<'g> {
         }
         let mut buffers: Vec<Option<Vec<f32>>> = vec![None; g.len()];
         buffers[g.input().index()] = Some(input.to_vec());
-        let mut free: Vec<Vec<f32>> = Vec::new();
+        let mut free: Vec<Vec<f32>> = std::mem::take(&mut *self.spare.lock().unwrap_or_else(|e| e.into_inner()));
         let mut macs = vec![0u64; g.len()];
         let mut stats = Vec::with_capacity(steps.len());
         let mut kept = HashMap::new();
@@ -147,6 +149,8 @@ impl<'g> Executor<'g> {
             buffers[out_index.index()] = Some(out);
             stats.push(StepStat { nodes: step.nodes.clone(), time: start.elapsed(), macs: performed });
         }
+        free.extend(buffers.into_iter().flatten());
+        *self.spare.lock().unwrap_or_else(|e| e.into_inner()) = free;
         Ok(RunOutput { kept, macs, steps: stats })
     }
 }
