@@ -12,6 +12,8 @@ pub enum Depth {
     Block,
     /// Every primitive op.
     Layer,
+    /// Totals per op kind (conv, batchnorm, matmul, resize…): where the conventions part ways.
+    Op,
 }
 
 /// A header row and body rows, all text, plus a totals row.
@@ -69,6 +71,19 @@ pub fn breakdown(profile: &Profile, convention: Convention, depth: Depth) -> Row
                 .collect(),
             1,
         ),
+        Depth::Op => {
+            let mut kinds: Vec<(&str, u64, u64)> = Vec::new();
+            for l in &profile.layers {
+                match kinds.iter_mut().find(|(k, _, _)| *k == l.op) {
+                    Some(entry) => {
+                        entry.1 += l.params;
+                        entry.2 += l.cost.get(convention);
+                    }
+                    None => kinds.push((l.op, l.params, l.cost.get(convention))),
+                }
+            }
+            (vec!["op"], kinds.iter().map(|&(k, p, f)| row(k, vec![], &[], p, f)).collect(), 0)
+        }
     };
     header.extend(["output", "params", "share", &flops_title, "≈", "share"]);
     let mut total = vec!["total".to_string()];
