@@ -4,3 +4,4 @@ pub mod cost;
 pub mod error;
 pub mod exec;
 pub mod ops;
+pub mod report;
