@@ -76,7 +76,8 @@ pub fn scatter_svg(title: &str, x_label: &str, y_label: &str, log_x: bool, point
         legend.push(LegendEntry { text: "hollow: approximate value".into(), swatch: Swatch::Marker(marker) });
     }
 
-    let figure = Figure { title, x, y, legend };
+    let data = points.iter().map(|p| vec![(p.x, p.y)]).collect();
+    let figure = Figure { title, x, y, legend, data };
     render(&figure, |canvas| {
         let centres: Vec<(i32, i32)> = points.iter().map(|p| canvas.px(p.x, p.y)).collect();
         // Later points first, so that where markers coincide the first-listed series stays visible on top.
@@ -88,7 +89,7 @@ pub fn scatter_svg(title: &str, x_label: &str, y_label: &str, log_x: bool, point
         for (label, &centre, place) in labels
             .iter()
             .zip(&centres)
-            .zip(place_labels(&centres, &labels, canvas.plot_box()))
+            .zip(place_labels(&centres, &labels, canvas.plot_box(), &canvas.legend_box))
             .map(|((l, c), p)| (l, c, p))
         {
             if place.leader {
@@ -132,7 +133,7 @@ pub fn stacked_bars_svg(title: &str, y_label: &str, bars: &[StackedBar]) -> Resu
         .map(|(i, name)| LegendEntry { text: name.to_string(), swatch: Swatch::Block(palette(i)) })
         .collect();
 
-    let figure = Figure { title, x, y, legend };
+    let figure = Figure { title, x, y, legend, data: Vec::new() };
     render(&figure, |canvas| {
         for (i, (bar, total)) in bars.iter().zip(&totals).enumerate() {
             let centre = i as f64;
@@ -190,7 +191,8 @@ pub fn line_svg(
         .map(|(i, s)| LegendEntry { text: s.name.clone(), swatch: Swatch::Line(Marker::series(i, false)) })
         .collect();
 
-    let figure = Figure { title, x, y, legend };
+    let data = series.iter().map(|s| s.points.clone()).collect();
+    let figure = Figure { title, x, y, legend, data };
     render(&figure, |canvas| {
         for (i, s) in series.iter().enumerate() {
             let marker = Marker::series(i, false);
@@ -538,6 +540,9 @@ struct Figure<'t> {
     x: Axis,
     y: Axis,
     legend: Vec<LegendEntry>,
+    /// The data as polylines (a scatter point is a one-point polyline): the legend goes into a corner of the
+    /// plot that none of it comes near, if there is one, else into a column on the right. Empty: the column.
+    data: Vec<Vec<(f64, f64)>>,
 }
 
 type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<Axis, Axis>>;
@@ -548,6 +553,8 @@ struct Canvas<'a, 'b> {
     chart: Chart<'a, 'b>,
     x: &'a Axis,
     y: &'a Axis,
+    /// The legend, when it sits inside the plot (zero or one box).
+    legend_box: Vec<Bounds>,
 }
 
 impl Canvas<'_, '_> {
@@ -605,21 +612,20 @@ fn render(figure: &Figure<'_>, draw_data: impl FnOnce(&Canvas<'_, '_>) -> Result
         root.fill(&WHITE).map_err(drawing_error)?;
         let title_style = text_style(TITLE_SIZE, TEXT_COLOR, Pos::new(HPos::Center, VPos::Top));
         let body = root.titled(figure.title, title_style).map_err(drawing_error)?;
-        let legend_w = legend_width(&figure.legend);
-        let (main, _legend_column) = body.split_horizontally(WIDTH as i32 - legend_w);
+        let legend_size = (legend_width(&figure.legend) - 2 * LEGEND_PAD, legend_height(&figure.legend));
+        // Try the full width with the legend inside the plot; fall back to a legend column.
+        let inside = if figure.data.is_empty() {
+            None
+        } else {
+            let (full, _) = body.split_horizontally(WIDTH as i32);
+            let probe = build_chart(&full, figure)?;
+            free_corner(&probe, figure, legend_size)
+        };
+        let column_w = if inside.is_some() { 0 } else { legend_size.0 + 2 * LEGEND_PAD };
+        let (main, _legend_column) = body.split_horizontally(WIDTH as i32 - column_w);
+        let mut chart = build_chart(&main, figure)?;
 
         let (x, y) = (&figure.x, &figure.y);
-        let axis_title_px = font_px(AXIS_TITLE_SIZE) * 1.6;
-        let x_area = font_px(TICK_SIZE) * 1.8 + if x.title.is_some() { axis_title_px } else { 0.0 };
-        let y_area = y.widest_tick_label() + 12.0 + axis_title_px;
-        let mut chart = ChartBuilder::on(&main)
-            .margin(12)
-            .margin_right(20)
-            .x_label_area_size(x_area.ceil() as i32)
-            .y_label_area_size(y_area.ceil() as i32)
-            .build_cartesian_2d(x.clone(), y.clone())
-            .map_err(drawing_error)?;
-
         let x_format = |v: &f64| x.tick_label(*v);
         let y_format = |v: &f64| y.tick_label(*v);
         let mut mesh = chart.configure_mesh();
@@ -641,14 +647,67 @@ fn render(figure: &Figure<'_>, draw_data: impl FnOnce(&Canvas<'_, '_>) -> Result
         }
         mesh.draw().map_err(drawing_error)?;
 
-        let canvas = Canvas { root: &root, chart, x, y };
-        let plot_box = canvas.plot_box();
+        let plot_top = chart.plotting_area().get_pixel_range().1.start;
+        let origin = inside.unwrap_or((WIDTH as i32 - column_w + LEGEND_PAD, plot_top));
+        let legend_box = inside.map(|(x0, y0)| Bounds {
+            x0: f64::from(x0),
+            y0: f64::from(y0),
+            x1: f64::from(x0 + legend_size.0),
+            y1: f64::from(y0 + legend_size.1),
+        });
+        let canvas = Canvas { root: &root, chart, x, y, legend_box: legend_box.into_iter().collect() };
         draw_data(&canvas)?;
-        let legend_x = WIDTH as i32 - legend_w + LEGEND_PAD;
-        draw_legend(&root, &figure.legend, (legend_x, plot_box.y0 as i32), legend_w - 2 * LEGEND_PAD)?;
+        draw_legend(&root, &figure.legend, origin, legend_size.0)?;
         root.present().map_err(drawing_error)?;
     }
     Ok(svg)
+}
+
+/// The chart (axes and label areas, nothing drawn yet) of `figure` on `area`.
+fn build_chart<'a, 'b>(area: &'a DrawingArea<SVGBackend<'b>, Shift>, figure: &Figure<'_>) -> Result<Chart<'a, 'b>> {
+    let axis_title_px = font_px(AXIS_TITLE_SIZE) * 1.6;
+    let x_area = font_px(TICK_SIZE) * 1.8 + if figure.x.title.is_some() { axis_title_px } else { 0.0 };
+    let y_area = figure.y.widest_tick_label() + 12.0 + axis_title_px;
+    ChartBuilder::on(area)
+        .margin(12)
+        .margin_right(20)
+        .x_label_area_size(x_area.ceil() as i32)
+        .y_label_area_size(y_area.ceil() as i32)
+        .build_cartesian_2d(figure.x.clone(), figure.y.clone())
+        .map_err(drawing_error)
+}
+
+/// The top-left corner for a `size` legend in a corner of `chart`'s plot (upper left, upper right, lower right,
+/// lower left) that stays a marker and a label height away from all of `figure`'s data, if there is one.
+fn free_corner(chart: &Chart<'_, '_>, figure: &Figure<'_>, size: (i32, i32)) -> Option<(i32, i32)> {
+    let (xs, ys) = chart.plotting_area().get_pixel_range();
+    let (w, h) = size;
+    let inset = 8;
+    let (left, right) = (xs.start + inset, xs.end - inset - w);
+    let (top, bottom) = (ys.start + inset, ys.end - inset - h);
+    let clearance = MARKER_RADIUS + font_px(LABEL_SIZE) * 1.2;
+    let px = |&(x, y): &(f64, f64)| {
+        let (px, py) = chart.backend_coord(&(figure.x.map(x), figure.y.map(y)));
+        (f64::from(px), f64::from(py))
+    };
+    let lines: Vec<Vec<(f64, f64)>> = figure.data.iter().map(|line| line.iter().map(px).collect()).collect();
+    [(left, top), (right, top), (right, bottom), (left, bottom)].into_iter().find(|&(x0, y0)| {
+        let keep_out = Bounds {
+            x0: f64::from(x0) - clearance,
+            y0: f64::from(y0) - clearance,
+            x1: f64::from(x0 + w) + clearance,
+            y1: f64::from(y0 + h) + clearance,
+        };
+        lines.iter().all(|line| match line.as_slice() {
+            [only] => !keep_out.contains(*only),
+            _ => line.windows(2).all(|pair| keep_out.clip_length(pair[0], pair[1]) == 0.0),
+        })
+    })
+}
+
+/// Height of the legend box for `entries`, in pixels.
+fn legend_height(entries: &[LegendEntry]) -> i32 {
+    LEGEND_ROW * entries.len() as i32 + LEGEND_PAD
 }
 
 /// Draws the legend box with its top-left corner at `origin`.
@@ -659,9 +718,9 @@ fn draw_legend(
     width: i32,
 ) -> Result<()> {
     let (x0, y0) = origin;
-    let height = LEGEND_ROW * entries.len() as i32 + LEGEND_PAD;
-    root.draw(&Rectangle::new([(x0, y0), (x0 + width, y0 + height)], GRID_BOLD.stroke_width(1)))
-        .map_err(drawing_error)?;
+    let corners = [(x0, y0), (x0 + width, y0 + legend_height(entries))];
+    root.draw(&Rectangle::new(corners, WHITE.filled())).map_err(drawing_error)?;
+    root.draw(&Rectangle::new(corners, GRID_BOLD.stroke_width(1))).map_err(drawing_error)?;
     for (i, entry) in entries.iter().enumerate() {
         let cy = y0 + LEGEND_PAD / 2 + LEGEND_ROW * i as i32 + LEGEND_ROW / 2;
         let sx = x0 + LEGEND_PAD;
@@ -754,6 +813,11 @@ impl Bounds {
         }
     }
 
+    /// Whether point `p` lies inside `self`.
+    fn contains(&self, (x, y): (f64, f64)) -> bool {
+        (self.x0..=self.x1).contains(&x) && (self.y0..=self.y1).contains(&y)
+    }
+
     /// Area of `self` outside `outer`.
     fn outside(&self, outer: &Bounds) -> f64 {
         self.area() - self.overlap(outer)
@@ -778,8 +842,8 @@ const LABEL_RINGS: u8 = 6;
 
 /// Places each label next to its marker, greedily in input order: the first candidate position (right, left,
 /// above, below, the diagonals; then the same farther out with a leader line) that overlaps no marker, no earlier
-/// label and stays inside `bounds` wins; if none is free, the least-overlapping one.
-fn place_labels(centres: &[(i32, i32)], labels: &[&str], bounds: Bounds) -> Vec<Placement> {
+/// label or obstacle, crosses no leader line and stays inside `bounds` wins; if none is free, the least bad one.
+fn place_labels(centres: &[(i32, i32)], labels: &[&str], bounds: Bounds, obstacles: &[Bounds]) -> Vec<Placement> {
     let h = font_px(LABEL_SIZE) * 1.15;
     let r = MARKER_RADIUS + 1.0;
     let markers: Vec<Bounds> = centres
@@ -791,7 +855,7 @@ fn place_labels(centres: &[(i32, i32)], labels: &[&str], bounds: Bounds) -> Vec<
             y1: f64::from(y) + r,
         })
         .collect();
-    let mut placed: Vec<Bounds> = Vec::new();
+    let mut placed: Vec<Bounds> = obstacles.to_vec();
     let mut leaders: Vec<((f64, f64), (f64, f64))> = Vec::new();
     let mut out = Vec::with_capacity(labels.len());
     for (i, (&(cx, cy), label)) in centres.iter().zip(labels).enumerate() {
@@ -1038,14 +1102,14 @@ mod tests {
         for total in ["0.58", "1.16", "1.77"] {
             assert!(text_count(&svg, total) >= 1, "total {total}");
         }
-        // <rect>: the background, one per segment, the legend frame and one swatch per segment name.
+        // <rect>: the background, one per segment, the legend's fill and frame, one swatch per segment name.
         let segments: usize = bars.iter().map(|b| b.segments.len()).sum();
-        assert_eq!(elements(&svg, "rect", &[]), 1 + segments + 1 + 4);
+        assert_eq!(elements(&svg, "rect", &[]), 1 + segments + 2 + 4);
         // A zero segment draws nothing.
         let mut zero = bars.clone();
         zero[0].segments[2].1 = 0.0;
         let svg = ok(stacked_bars_svg(title, yl, &zero));
-        assert_eq!(elements(&svg, "rect", &[]), 1 + segments - 1 + 1 + 4);
+        assert_eq!(elements(&svg, "rect", &[]), 1 + segments - 1 + 2 + 4);
     }
 
     #[test]
@@ -1110,7 +1174,7 @@ mod tests {
         let centres: Vec<(i32, i32)> = (0..5).map(|i| (300, 200 + 12 * i)).collect();
         let labels = ["TopFormer-T 2x8", "TopFormer-T 4x8", "SeaFormer-T 2x8", "SeaFormer-T 4x8", "TopFormer-T*"];
         let bounds = Bounds { x0: 0.0, y0: 0.0, x1: 800.0, y1: 500.0 };
-        let placements = place_labels(&centres, &labels, bounds);
+        let placements = place_labels(&centres, &labels, bounds, &[]);
         assert_eq!(placements.len(), 5);
         let h = font_px(LABEL_SIZE) * 1.15;
         let boxes: Vec<Bounds> = placements
