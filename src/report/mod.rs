@@ -1,7 +1,9 @@
 //! Presenting profiles: terminal tables, JSON, markdown, and the report with its figures.
 
+pub mod baselines;
 pub mod format;
 pub mod json;
+pub mod plot;
 pub mod rows;
 pub mod table;
 pub mod timing;
