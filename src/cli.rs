@@ -7,6 +7,7 @@ use crate::exec::image_io::{palette, write_class_map_png};
 use crate::exec::weights::{read_tensors, write_safetensors};
 use crate::exec::{argmax_resized, read_input, Executor, NodeParams};
 use crate::graph::{compile, Graph};
+use crate::report::document::write_report;
 use crate::report::json::profile_json;
 use crate::report::table::{render_markdown, render_table};
 use crate::report::timing::render_timing;
@@ -37,6 +38,15 @@ enum Command {
     Forward(ForwardArgs),
     /// Check FLOP and parameter budgets; exits 1 when one is exceeded.
     Check(CheckArgs),
+    /// Write the markdown report and its SVG figures.
+    Report(ReportArgs),
+}
+
+#[derive(Args, Debug)]
+struct ReportArgs {
+    /// Directory to write the report into.
+    #[arg(long, default_value = "reports")]
+    out: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -287,6 +297,10 @@ fn run(cli: Cli) -> Result<Outcome> {
         Command::Graph(args) => Ok(args.compile()?.1.to_dot().into()),
         Command::Forward(args) => forward(&args).map(Outcome::from),
         Command::Check(args) => check(&args),
+        Command::Report(args) => {
+            let written = write_report(&args.out)?;
+            Ok(written.iter().map(|p| format!("wrote {}\n", p.display())).collect::<String>().into())
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Presenting profiles: terminal tables, JSON, markdown, and the report with its figures.
 
 pub mod baselines;
+pub mod document;
 pub mod format;
 pub mod json;
 pub mod plot;

@@ -146,7 +146,7 @@ pub fn stacked_bars_svg(title: &str, y_label: &str, bars: &[StackedBar]) -> Resu
                     if p0.1 - p1.1 >= SEGMENT_LABEL_MIN_PX {
                         let mid = canvas.px(centre, bottom + value / 2.0);
                         canvas.text(
-                            &format_number(*value),
+                            &format_significant(*value, 4),
                             mid,
                             Pos::new(HPos::Center, VPos::Center),
                             LABEL_SIZE,
@@ -158,7 +158,7 @@ pub fn stacked_bars_svg(title: &str, y_label: &str, bars: &[StackedBar]) -> Resu
             }
             let (tx, ty) = canvas.px(centre, *total);
             canvas.text(
-                &format_number(*total),
+                &format_significant(*total, 4),
                 (tx, ty - 4),
                 Pos::new(HPos::Center, VPos::Bottom),
                 LABEL_SIZE,
@@ -518,10 +518,15 @@ fn log_ticks(range: &Range<f64>) -> (Vec<f64>, Vec<f64>) {
 
 /// A number with at most six significant digits and no trailing zeros (`0.2`, `1.25`, `2048`).
 fn format_number(v: f64) -> String {
+    format_significant(v, 6)
+}
+
+/// A number with at most `digits` significant digits (never cutting integer digits) and no trailing zeros.
+fn format_significant(v: f64, digits: i32) -> String {
     if v == 0.0 || !v.is_finite() {
         return if v.is_finite() { "0".into() } else { v.to_string() };
     }
-    let decimals = (5 - v.abs().log10().floor() as i32).clamp(0, 12) as usize;
+    let decimals = (digits - 1 - v.abs().log10().floor() as i32).clamp(0, 12) as usize;
     let s = format!("{v:.decimals$}");
     let s = if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.') } else { &s };
     if s == "-0" {

@@ -46,8 +46,12 @@ pub fn render_table(profile: &Profile, convention: Convention, depth: Depth) -> 
 pub fn markdown_table(rows: &Rows) -> String {
     let line = |cells: &[String]| format!("| {} |\n", cells.join(" | "));
     let mut out = line(&rows.header);
+    // Numbers align right, text left, judged by the first row.
+    let numeric = |i: usize| {
+        rows.body.first().and_then(|r| r.get(i)).is_some_and(|t| t.starts_with(|c: char| c.is_ascii_digit()))
+    };
     let align: Vec<String> =
-        rows.header.iter().enumerate().map(|(i, _)| if i == 0 { "---".into() } else { "--:".into() }).collect();
+        (0..rows.header.len()).map(|i| if numeric(i) { "--:".into() } else { "---".into() }).collect();
     out.push_str(&line(&align));
     for r in &rows.body {
         out.push_str(&line(r));

@@ -1,0 +1,292 @@
+//! `toparch report`: the markdown report and its SVG figures, deterministic so reviewers can diff them.
+
+use super::baselines::{embedded_baselines, Baseline, Baselines, Family, Plot};
+use super::format::{percent, si, thousands};
+use super::plot::{line_svg, scatter_svg, stacked_bars_svg, LineSeries, StackedBar};
+use super::rows::{breakdown, published, Depth, Rows};
+use super::table::markdown_table;
+use crate::cost::{Convention, Profile};
+use crate::error::{write_atomic, Error, Result};
+use crate::graph::compile;
+use crate::spec::{embedded_specs, load_embedded, parse_resolution, Spec};
+use std::path::{Path, PathBuf};
+
+/// The ADE20K variants the report compares, by embedded spec name and short label.
+const VARIANTS: [(&str, &str); 3] = [("topformer-tiny", "T"), ("topformer-small", "S"), ("topformer-base", "B")];
+
+/// Resolutions of the FLOPs-vs-resolution sweep (square inputs).
+const SWEEP: [usize; 7] = [256, 384, 512, 768, 1024, 1536, 2048];
+
+/// One generated file.
+pub struct ReportFile {
+    /// File name inside the report directory.
+    pub name: String,
+    /// Its full contents.
+    pub contents: String,
+}
+
+fn profile_of(spec: &Spec, (h, w): (usize, usize)) -> Result<Profile> {
+    Profile::new(&compile(spec, h, w)?, spec)
+}
+
+fn spec(name: &str) -> Result<Spec> {
+    Ok(load_embedded(name)?.spec)
+}
+
+/// The x value toparch computes for a TopFormer baseline (paper-convention GFLOPs or MFLOPs at its input
+/// size), or `None` when the entry names no embedded spec or resolution.
+fn computed_x(entry: &Baseline, plot: Plot) -> Result<Option<f64>> {
+    let (Some(name), Ok(res)) = (&entry.spec, parse_resolution(&entry.input)) else { return Ok(None) };
+    if !embedded_specs().iter().any(|s| s.name == name) {
+        return Ok(None);
+    }
+    let flops = profile_of(&spec(name)?, res)?.flops(Convention::Paper) as f64;
+    Ok(match plot {
+        Plot::Ade20kMiouVsGflops | Plot::CityscapesMiouVsGflops => Some(flops / 1e9),
+        Plot::ImagenetTop1VsMflops => Some(flops / 1e6),
+        Plot::Ade20kMiouVsLatency => None,
+    })
+}
+
+/// A baseline figure: TopFormer's published accuracy at toparch's computed compute (first, so drawn on top),
+/// then every baseline as published.
+fn baseline_figure(baselines: &Baselines, plot: Plot) -> Result<String> {
+    let computed_series = "TopFormer (published accuracy, toparch-computed FLOPs)";
+    let mut ours = Vec::new();
+    let mut others = Vec::new();
+    for entry in baselines.for_plot(plot) {
+        match (entry.is_topformer(), computed_x(entry, plot)?) {
+            (true, Some(x)) => {
+                if let Some(mut p) = entry.scatter_point(plot, computed_series) {
+                    p.x = x;
+                    p.approximate = entry.is_approximate(plot.y_metric());
+                    ours.push(p);
+                }
+            }
+            _ => others.extend(entry.scatter_point(plot, entry.family.display_name())),
+        }
+    }
+    ours.extend(others);
+    scatter_svg(plot.title(), plot.x_label(), plot.y_label(), plot.log_x(), &ours)
+}
+
+fn stage_bars(profiles: &[(&str, Profile)], value: impl Fn(&crate::cost::Group) -> f64) -> Vec<StackedBar> {
+    profiles
+        .iter()
+        .map(|(label, p)| StackedBar {
+            label: format!("TopFormer-{label}"),
+            segments: p.stages.iter().map(|g| (g.name.clone(), value(g))).collect(),
+        })
+        .collect()
+}
+
+/// Builds every file of the report.
+pub fn build_report() -> Result<Vec<ReportFile>> {
+    let baselines = embedded_baselines()?;
+    let mut files = Vec::new();
+    for plot in Plot::ALL {
+        files.push(ReportFile { name: plot.file_name().into(), contents: baseline_figure(&baselines, plot)? });
+    }
+    let at_512: Vec<(&str, Profile)> = VARIANTS
+        .iter()
+        .map(|&(name, label)| Ok((label, profile_of(&spec(name)?, (512, 512))?)))
+        .collect::<Result<_>>()?;
+    files.push(ReportFile {
+        name: "stage-breakdown.svg".into(),
+        contents: stacked_bars_svg(
+            "Where the FLOPs go: per stage at 512×512 (paper convention)",
+            "GFLOPs (10^9 multiply-adds)",
+            &stage_bars(&at_512, |g| g.cost.paper as f64 / 1e9),
+        )?,
+    });
+    files.push(ReportFile {
+        name: "stage-params.svg".into(),
+        contents: stacked_bars_svg(
+            "Where the parameters go: per stage",
+            "parameters (millions)",
+            &stage_bars(&at_512, |g| g.params as f64 / 1e6),
+        )?,
+    });
+    let mut sweep = Vec::new();
+    for &(name, label) in &VARIANTS {
+        let s = spec(name)?;
+        let profiles = SWEEP.iter().map(|&r| profile_of(&s, (r, r))).collect::<Result<Vec<_>>>()?;
+        sweep.push((label, profiles));
+    }
+    let series: Vec<LineSeries> = sweep
+        .iter()
+        .map(|(label, profiles)| LineSeries {
+            name: format!("TopFormer-{label}"),
+            points: SWEEP
+                .iter()
+                .zip(profiles)
+                .map(|(&r, p)| (r as f64, p.flops(Convention::Paper) as f64 / 1e9))
+                .collect(),
+        })
+        .collect();
+    files.push(ReportFile {
+        name: "flops-vs-resolution.svg".into(),
+        contents: line_svg(
+            "FLOPs vs input resolution (square inputs, paper convention)",
+            "input side (pixels, log scale)",
+            "GFLOPs (10^9 multiply-adds, log scale)",
+            true,
+            true,
+            &series,
+        )?,
+    });
+    files.push(ReportFile { name: "README.md".into(), contents: markdown(&baselines, &at_512, &sweep)? });
+    Ok(files)
+}
+
+/// Writes the report into `dir` (created if needed), each file atomically; returns the paths written.
+pub fn write_report(dir: &Path) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    build_report()?
+        .into_iter()
+        .map(|f| {
+            let path = dir.join(&f.name);
+            write_atomic(&path, f.contents.as_bytes())?;
+            Ok(path)
+        })
+        .collect()
+}
+
+fn markdown(baselines: &Baselines, at_512: &[(&str, Profile)], sweep: &[(&str, Vec<Profile>)]) -> Result<String> {
+    let mut md = String::from(
+        "# TopFormer, counted and compared\n\n\
+         Generated by `toparch report` from the specs in `specs/` and the published baselines in \
+         `specs/baselines.toml`; CI regenerates it and fails on any difference, so do not edit it by hand. \
+         FLOPs are multiply-accumulate counts (one multiply-add = 1), as the paper and mmcv/fvcore report them; \
+         plain FLOPs are twice the `macs` column. All counts are for batch 1.\n\n",
+    );
+    md.push_str("## At a glance: ADE20K models at 512×512\n\n");
+    let mut glance = Rows {
+        header: ["model", "params", "FLOPs (paper)", "FLOPs (fvcore)", "MACs", "published", "ADE20K mIoU (published)"]
+            .map(String::from)
+            .to_vec(),
+        body: vec![],
+        total: vec![],
+    };
+    for ((name, _), (label, p)) in VARIANTS.iter().zip(at_512) {
+        let published_figures: Vec<String> =
+            p.published.iter().map(|c| format!("{} {}", c.published, c.metric)).collect();
+        let miou: Vec<String> = baselines
+            .topformer(name)
+            .iter()
+            .filter(|b| b.input == "512x512" && !b.reproduction)
+            .filter_map(|b| b.miou.map(|m| format!("{m} ({})", b.variant.as_deref().unwrap_or("-"))))
+            .collect();
+        glance.body.push(vec![
+            format!("TopFormer-{label}"),
+            thousands(p.params),
+            thousands(p.flops(Convention::Paper)),
+            thousands(p.flops(Convention::Fvcore)),
+            thousands(p.flops(Convention::Macs)),
+            published_figures.join(", "),
+            miou.join("; "),
+        ]);
+    }
+    md.push_str(&markdown_table(&glance));
+    md.push_str(
+        "\n## Computed vs published\n\nEvery published figure of every embedded spec, rounded the way the \
+                 publication rounds. Where they disagree, the paper's own code computes the value shown here.\n\n",
+    );
+    let mut reconciliation = Rows { header: vec![], body: vec![], total: vec![] };
+    for embedded in embedded_specs() {
+        let s = spec(embedded.name)?;
+        let mut resolutions: Vec<&str> = s.published.iter().map(|f| f.res.as_str()).collect();
+        resolutions.dedup();
+        for res in resolutions {
+            let rows = published(&profile_of(&s, parse_resolution(res)?)?);
+            reconciliation.header = ["spec", "resolution"].map(String::from).into_iter().chain(rows.header).collect();
+            for r in rows.body {
+                reconciliation.body.push([s.name.clone(), res.to_string()].into_iter().chain(r).collect());
+            }
+        }
+    }
+    md.push_str(&markdown_table(&reconciliation));
+    md.push_str(
+        "\n## Figures\n\nTopFormer points pair the published accuracy with the FLOPs toparch computes from the \
+                 spec; every other point is as published (hollow markers: approximate values read off figures).\n\n",
+    );
+    for plot in Plot::ALL {
+        md.push_str(&format!("### {}\n\n![{}]({})\n\n", plot.title(), plot.title(), plot.file_name()));
+    }
+    md.push_str(
+        "### Where the FLOPs and parameters go\n\n![FLOPs per stage](stage-breakdown.svg)\n\n\
+                 ![Parameters per stage](stage-params.svg)\n\n",
+    );
+    md.push_str("### FLOPs vs resolution\n\n![FLOPs vs resolution](flops-vs-resolution.svg)\n\n");
+    md.push_str(
+        "Convolutions scale with the pixel count, and so do the tokens (pooled to 1/64 of the input side), so \
+                 under `paper`, which does not count the attention matmuls, every stage keeps its share. The attention \
+                 grows with the square of the token count: counting its matmuls (`macs`), the semantics extractor's \
+                 share grows with the input.\n\n",
+    );
+    let mut table = Rows {
+        header: std::iter::once("input".to_string())
+            .chain(sweep.iter().flat_map(|(l, _)| {
+                [
+                    format!("TopFormer-{l} GFLOPs (paper)"),
+                    format!("{l}: semantics extractor, paper"),
+                    format!("{l}: semantics extractor, macs"),
+                ]
+            }))
+            .collect(),
+        body: vec![],
+        total: vec![],
+    };
+    for (i, r) in SWEEP.iter().enumerate() {
+        let mut row = vec![format!("{r}×{r}")];
+        for (_, profiles) in sweep {
+            let p = &profiles[i];
+            let se = p.stages.iter().find(|g| g.name == "semantics_extractor").map(|g| g.cost).unwrap_or_default();
+            row.push(format!("{:.3}", p.flops(Convention::Paper) as f64 / 1e9));
+            row.push(percent(se.paper, p.flops(Convention::Paper)));
+            row.push(percent(se.macs, p.flops(Convention::Macs)));
+        }
+        table.body.push(row);
+    }
+    md.push_str(&markdown_table(&table));
+    md.push_str("\n## Per-variant breakdown at 512×512\n\n");
+    for (label, p) in at_512 {
+        md.push_str(&format!(
+            "### TopFormer-{label}: {} params, {} FLOPs (paper)\n\n",
+            si(p.params),
+            si(p.flops(Convention::Paper))
+        ));
+        for convention in Convention::ALL {
+            md.push_str(&markdown_table(&breakdown(p, convention, Depth::Stage)));
+            md.push('\n');
+        }
+    }
+    md.push_str(
+        "## Why counters disagree: TopFormer-S at 512×512 by op kind\n\n\
+                 mmcv (`paper`) counts BatchNorm, ReLU modules and conv biases but no functional op; fvcore counts \
+                 BatchNorm, the attention matmuls, adaptive pooling and bilinear resizes (the final resize of the \
+                 logits to the input alone is 4·150·512² = 157 M) but no activation; plain MACs count only conv, \
+                 linear and matmul.\n\n",
+    );
+    let small = &at_512[1].1;
+    let mut by_op =
+        Rows { header: ["op", "paper", "fvcore", "macs"].map(String::from).to_vec(), body: vec![], total: vec![] };
+    let paper = breakdown(small, Convention::Paper, Depth::Op);
+    let fvcore = breakdown(small, Convention::Fvcore, Depth::Op);
+    let macs = breakdown(small, Convention::Macs, Depth::Op);
+    for ((p, f), m) in paper.body.iter().zip(&fvcore.body).zip(&macs.body) {
+        if p[4] != "0" || f[4] != "0" || m[4] != "0" {
+            by_op.body.push(vec![p[0].clone(), p[4].clone(), f[4].clone(), m[4].clone()]);
+        }
+    }
+    by_op.total = vec!["total".into(), paper.total[4].clone(), fvcore.total[4].clone(), macs.total[4].clone()];
+    md.push_str(&markdown_table(&by_op));
+    md.push_str(&format!(
+        "\nBaselines: {} published entries ({} TopFormer); sources and exactness are recorded per entry in \
+         `specs/baselines.toml`. Other families: {}.\n",
+        baselines.models.len(),
+        baselines.models.iter().filter(|b| b.is_topformer()).count(),
+        [Family::Seaformer, Family::Cnn, Family::Vit].map(|f| f.display_name()).join(", ")
+    ));
+    Ok(md)
+}
