@@ -4,13 +4,13 @@
 //!   the buffers as they are, parallel over output blocks;
 //! - depthwise with a square kernel of 1, 3, 5 or 7 and stride 1 or 2: a direct kernel per channel that
 //!   pads the plane once (split into stride phases so every tap is a contiguous load), with kernel size
-//!   and stride as const generics and 8 × 4 × 2 outputs accumulated in registers;
+//!   and stride as const generics and up to 8 vectors of outputs accumulated in registers;
 //! - everything else (the stem, grouped or strided convs): im2col on cache-sized pixel tiles, one GEMM
 //!   per group and tile, parallel over tiles.
 //!
 //! Bias and activation are fused into one pass over each finished output block.
 
-use ndarray::{s, ArrayViewMut1, ArrayViewMut2, Axis};
+use ndarray::{s, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
 use super::matmul::{gemm, par_gemm, view2, view2_mut};
@@ -102,8 +102,8 @@ fn bias_act_block(mut block: ArrayViewMut2<f32>, row0: usize, bias: Option<&[f32
     if bias.is_none() && act.is_none() {
         return;
     }
-    for (r, row) in block.rows_mut().into_iter().enumerate() {
-        bias_act(row, bias.map_or(0.0, |b| b[row0 + r]), act);
+    for (r, mut row) in block.rows_mut().into_iter().enumerate() {
+        bias_act(row.iter_mut(), bias.map_or(0.0, |b| b[row0 + r]), act);
     }
 }
 
@@ -223,14 +223,22 @@ fn im2col_conv(
 /// Padded column `xp` is stored in phase `xp % S` at position `xp / S`, so tap `kx` of output column
 /// `ox` is element `ox + kx / S` of phase `kx % S`: a contiguous load for every stride. Each padded row
 /// holds `S` phases of `phase_w` elements; there are `rows` padded rows (only those the outputs read).
-struct DwPlan {
+struct DwPlan<const S: usize> {
     in_w: usize,
     pad_h: usize,
-    pad_w: usize,
     out_h: usize,
     out_w: usize,
     phase_w: usize,
     rows: usize,
+    /// Per phase: the positions `lo..hi` that hold input columns, and the first such column.
+    spans: [(usize, usize, usize); S],
+}
+
+/// One output plane of a depthwise convolution with the bias and activation to apply to it.
+struct DwOut<'a> {
+    y: &'a mut [f32],
+    bias: f32,
+    act: Option<Activation>,
 }
 
 /// Output columns per vector.
@@ -247,15 +255,20 @@ fn depthwise<const K: usize, const S: usize>(
     act: Option<Activation>,
     out: &mut [f32],
 ) -> u64 {
-    let out_w_padded = d.out_w.next_multiple_of(LANES);
-    let plan = DwPlan {
+    let phase_w = d.out_w.next_multiple_of(LANES) + (K - 1) / S;
+    let spans = std::array::from_fn(|phase| {
+        let (lo, hi) = valid_range(phase, d.pad_w, S, d.in_w, phase_w);
+        let hi = hi.max(lo);
+        (lo, hi, (lo * S + phase).saturating_sub(d.pad_w))
+    });
+    let plan = DwPlan::<S> {
         in_w: d.in_w,
         pad_h: d.pad_h,
-        pad_w: d.pad_w,
         out_h: d.out_h,
         out_w: d.out_w,
-        phase_w: out_w_padded + (K - 1) / S,
+        phase_w,
         rows: (d.out_h - 1) * S + K,
+        spans,
     };
     let (in_plane, out_plane) = (d.in_h * d.in_w, d.out_h * d.out_w);
     let fma = has_avx2_fma();
@@ -265,20 +278,17 @@ fn depthwise<const K: usize, const S: usize>(
         .map(|(c, y)| {
             let x = &input[c * in_plane..][..in_plane];
             let w = &weight[c * K * K..][..K * K];
+            let out = DwOut { y, bias: bias.map_or(0.0, |b| b[c]), act };
             with_scratch(plan.rows * S * plan.phase_w, |buf| {
                 #[cfg(target_arch = "x86_64")]
                 if fma {
                     // SAFETY: `fma` is true only when AVX2 and FMA were detected on this CPU.
-                    unsafe { dw_plane_avx2::<K, S>(x, w, &plan, buf, y) };
+                    unsafe { dw_plane_avx2::<K, S>(x, w, &plan, buf, out) };
                     return;
                 }
                 let _ = fma;
-                dw_plane::<K, S, false>(x, w, &plan, buf, y);
+                dw_plane::<K, S, false>(x, w, &plan, buf, out);
             });
-            let b = bias.map_or(0.0, |b| b[c]);
-            for row in y.chunks_exact_mut(d.out_w) {
-                bias_act(ArrayViewMut1::from(row), b, act);
-            }
             (out_plane * K * K) as u64
         })
         .sum()
@@ -287,79 +297,145 @@ fn depthwise<const K: usize, const S: usize>(
 /// [`dw_plane`] compiled for AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn dw_plane_avx2<const K: usize, const S: usize>(x: &[f32], w: &[f32], p: &DwPlan, buf: &mut [f32], y: &mut [f32]) {
+fn dw_plane_avx2<const K: usize, const S: usize>(x: &[f32], w: &[f32], p: &DwPlan<S>, buf: &mut [f32], y: DwOut) {
     dw_plane::<K, S, true>(x, w, p, buf, y);
 }
 
-/// One depthwise channel without bias: pads `x` into `buf`, then computes `y` two rows at a time.
+/// One depthwise channel: pads `x` into `buf`, then computes the output two rows at a time.
 #[inline(always)]
 fn dw_plane<const K: usize, const S: usize, const FMA: bool>(
     x: &[f32],
     w: &[f32],
-    p: &DwPlan,
+    p: &DwPlan<S>,
     buf: &mut [f32],
-    y: &mut [f32],
+    mut y: DwOut,
 ) {
-    let row_stride = S * p.phase_w;
-    buf.fill(0.0);
-    for (iy, src) in x.chunks_exact(p.in_w).enumerate().take(p.rows.saturating_sub(p.pad_h)) {
-        let dst = &mut buf[(iy + p.pad_h) * row_stride..][..row_stride];
-        if S == 1 {
-            let n = p.in_w.min(p.phase_w.saturating_sub(p.pad_w));
-            dst[p.pad_w..p.pad_w + n].copy_from_slice(&src[..n]);
-        } else {
-            for (ix, &v) in src.iter().enumerate() {
-                let xp = ix + p.pad_w;
-                let pos = xp / S;
-                if pos < p.phase_w {
-                    dst[(xp % S) * p.phase_w + pos] = v;
-                }
-            }
+    dw_pad::<S, FMA>(x, p, buf);
+    let mut oy = 0;
+    if p.out_w <= 2 * LANES {
+        // Narrow planes have too few columns for independent accumulators: take four rows at once.
+        while oy + 4 <= p.out_h {
+            dw_rows::<K, S, 4, FMA>(buf, p, w, oy, &mut y);
+            oy += 4;
         }
     }
-    let mut oy = 0;
     while oy + 2 <= p.out_h {
-        dw_rows::<K, S, 2, FMA>(buf, p, w, oy, y);
+        dw_rows::<K, S, 2, FMA>(buf, p, w, oy, &mut y);
         oy += 2;
     }
     if oy < p.out_h {
-        dw_rows::<K, S, 1, FMA>(buf, p, w, oy, y);
+        dw_rows::<K, S, 1, FMA>(buf, p, w, oy, &mut y);
     }
 }
 
-/// Output rows `oy..oy + R` of one depthwise channel, in register tiles of `WIDE` then single vectors.
+/// Writes the zero-padded, phase-split copy of plane `x` into `buf`, touching every element once.
+#[inline(always)]
+fn dw_pad<const S: usize, const FMA: bool>(x: &[f32], p: &DwPlan<S>, buf: &mut [f32]) {
+    let row_stride = S * p.phase_w;
+    let mut src_rows = x.chunks_exact(p.in_w);
+    for (ry, dst) in buf.chunks_exact_mut(row_stride).enumerate() {
+        let src = if ry >= p.pad_h { src_rows.next() } else { None };
+        let Some(src) = src else {
+            dst.fill(0.0);
+            continue;
+        };
+        for (dst, &(lo, hi, first)) in dst.chunks_exact_mut(p.phase_w).zip(&p.spans) {
+            let (head, rest) = dst.split_at_mut(lo);
+            let (mid, tail) = rest.split_at_mut(hi - lo);
+            head.fill(0.0);
+            tail.fill(0.0);
+            if mid.is_empty() {
+                continue;
+            }
+            let src = &src[first..];
+            if S == 1 {
+                mid.copy_from_slice(&src[..mid.len()]);
+                continue;
+            }
+            gather_strided::<S, FMA>(mid, src);
+        }
+    }
+}
+
+/// `dst[i] = src[i·S]` for every `i` of `dst` (`src` holds at least `(dst.len() − 1)·S + 1` values).
+#[inline(always)]
+fn gather_strided<const S: usize, const FMA: bool>(dst: &mut [f32], src: &[f32]) {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if FMA && S == 2 {
+        // SAFETY: `FMA` is only true when inlined into functions compiled for AVX2 and FMA.
+        done = unsafe { even_lanes_avx2(dst, src) };
+    }
+    for (i, d) in dst.iter_mut().enumerate().skip(done) {
+        *d = src[i * S];
+    }
+}
+
+/// `dst[i] = src[2·i]` eight at a time with two loads, one shuffle and one permute; returns how
+/// many leading elements of `dst` it wrote.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn even_lanes_avx2(dst: &mut [f32], src: &[f32]) -> usize {
+    use std::arch::x86_64::{
+        _mm256_castpd_ps, _mm256_castps_pd, _mm256_loadu_ps, _mm256_permute4x64_pd, _mm256_shuffle_ps, _mm256_storeu_ps,
+    };
+    let (dst_chunks, src_chunks) = (dst.chunks_exact_mut(LANES), src.chunks_exact(2 * LANES));
+    let n = dst_chunks.len().min(src_chunks.len());
+    for (d, s) in dst_chunks.zip(src_chunks) {
+        // SAFETY: `s` holds 16 values and `d` 8, so both unaligned 8-lane loads and the store are in bounds.
+        unsafe {
+            let a = _mm256_loadu_ps(s.as_ptr());
+            let b = _mm256_loadu_ps(s.as_ptr().add(LANES));
+            // [a0 a2 b0 b2 | a4 a6 b4 b6], then swap the middle 64-bit pairs.
+            let even = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
+            let even = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(even)));
+            _mm256_storeu_ps(d.as_mut_ptr(), even);
+        }
+    }
+    n * LANES
+}
+
+/// Output rows `oy..oy + R` of one depthwise channel, in register tiles of `WIDE`, 2 and 1 vectors,
+/// then bias and activation while the rows are in L1.
 #[inline(always)]
 fn dw_rows<const K: usize, const S: usize, const R: usize, const FMA: bool>(
     buf: &[f32],
-    p: &DwPlan,
+    p: &DwPlan<S>,
     w: &[f32],
     oy: usize,
-    y: &mut [f32],
+    y: &mut DwOut,
 ) {
     let padded_w = p.out_w.next_multiple_of(LANES);
     let mut x0 = 0;
-    while x0 + WIDE * LANES <= padded_w {
-        let acc = dw_tile::<K, S, WIDE, R, FMA>(buf, p.phase_w, w, oy, x0);
-        dw_store(&acc, y, p.out_w, oy, x0);
+    // At most 8 accumulator registers: wide tiles only when taking at most two rows.
+    while R <= 2 && x0 + WIDE * LANES <= padded_w {
+        dw_tile::<K, S, WIDE, R, FMA>(buf, p, w, oy, x0, y);
         x0 += WIDE * LANES;
     }
+    while x0 + 2 * LANES <= padded_w {
+        dw_tile::<K, S, 2, R, FMA>(buf, p, w, oy, x0, y);
+        x0 += 2 * LANES;
+    }
     while x0 < padded_w {
-        let acc = dw_tile::<K, S, 1, R, FMA>(buf, p.phase_w, w, oy, x0);
-        dw_store(&acc, y, p.out_w, oy, x0);
+        dw_tile::<K, S, 1, R, FMA>(buf, p, w, oy, x0, y);
         x0 += LANES;
     }
+    bias_act(y.y[oy * p.out_w..(oy + R) * p.out_w].iter_mut(), y.bias, y.act);
 }
 
-/// Accumulates the `R × V × LANES` outputs starting at row `oy`, column `x0` in registers.
+/// Computes the `R × V × LANES` outputs starting at row `oy`, column `x0` in registers and stores
+/// those that lie inside the plane.
 #[inline(always)]
 fn dw_tile<const K: usize, const S: usize, const V: usize, const R: usize, const FMA: bool>(
     buf: &[f32],
-    phase_w: usize,
+    p: &DwPlan<S>,
     w: &[f32],
     oy: usize,
     x0: usize,
-) -> [[[f32; LANES]; V]; R] {
-    let row_stride = S * phase_w;
+    y: &mut DwOut,
+) {
+    let (phase_w, row_stride) = (p.phase_w, S * p.phase_w);
     let w = &w[..K * K];
     let mut acc = [[[0.0f32; LANES]; V]; R];
     for ky in 0..K {
@@ -368,35 +444,27 @@ fn dw_tile<const K: usize, const S: usize, const V: usize, const R: usize, const
             for (r, acc_r) in acc.iter_mut().enumerate() {
                 let start = ((oy + r) * S + ky) * row_stride + (kx % S) * phase_w + kx / S + x0;
                 let src = &buf[start..start + V * LANES];
-                for (v, acc_v) in acc_r.iter_mut().enumerate() {
-                    for (l, a) in acc_v.iter_mut().enumerate() {
-                        *a = madd::<FMA>(wk, src[v * LANES + l], *a);
+                for (acc_v, src_v) in acc_r.iter_mut().zip(src.chunks_exact(LANES)) {
+                    for (a, &s) in acc_v.iter_mut().zip(src_v) {
+                        *a = madd::<FMA>(wk, s, *a);
                     }
                 }
             }
         }
     }
-    acc
-}
-
-/// Stores the valid columns (those below `out_w`) of a register tile.
-#[inline(always)]
-fn dw_store<const V: usize, const R: usize>(
-    acc: &[[[f32; LANES]; V]; R],
-    y: &mut [f32],
-    out_w: usize,
-    oy: usize,
-    x0: usize,
-) {
     for (r, acc_r) in acc.iter().enumerate() {
-        let row = &mut y[(oy + r) * out_w..][..out_w];
-        for (v, acc_v) in acc_r.iter().enumerate() {
+        let row = &mut y.y[(oy + r) * p.out_w..][..p.out_w];
+        for (v, &values) in acc_r.iter().enumerate() {
+            // Storing from a copy keeps `acc` itself free of variable-length accesses, so it can
+            // live in registers across the tap loop.
             let x = x0 + v * LANES;
-            if x >= out_w {
-                break;
+            if x + LANES <= p.out_w {
+                row[x..x + LANES].copy_from_slice(&values);
+            } else if x < p.out_w {
+                for (o, a) in row[x..].iter_mut().zip(values) {
+                    *o = a;
+                }
             }
-            let n = (out_w - x).min(LANES);
-            row[x..x + n].copy_from_slice(&acc_v[..n]);
         }
     }
 }
@@ -494,6 +562,9 @@ mod tests {
         // Large enough to split across threads: by columns, then by rows.
         check(dims(16, 24, 40, 24, (1, 1), 1, 0, 1));
         check(dims(32, 7, 5, 64, (1, 1), 1, 0, 1));
+        // Several cache blocks even on one thread: by columns, then by rows.
+        check(dims(8, 30, 37, 40, (1, 1), 1, 0, 1));
+        check(dims(8, 7, 19, 300, (1, 1), 1, 0, 1));
     }
 
     #[test]
@@ -517,7 +588,7 @@ mod tests {
     #[test]
     fn depthwise_matches_naive() {
         for (k, s) in [(1, 1), (1, 2), (3, 1), (3, 2), (5, 1), (5, 2), (7, 1), (7, 2)] {
-            for (h, w) in [(7, 11), (1, 1), (13, 37), (8, 8), (16, 70)] {
+            for (h, w) in [(7, 11), (1, 1), (13, 37), (8, 8), (16, 70), (8, 16), (5, 33), (3, 64)] {
                 for p in [k / 2, 0] {
                     if h + 2 * p >= k && w + 2 * p >= k {
                         check(dims(3, h, w, 3, (k, k), s, p, 3));

@@ -24,9 +24,13 @@ pub(super) fn gemm(a: &ArrayView2<f32>, b: &ArrayView2<f32>, c: &mut ArrayViewMu
     (a.nrows() * a.ncols() * b.ncols()) as u64
 }
 
-/// `c ← a · b`, split into one block of output columns (or rows, when `c` is taller than wide) per
-/// thread of the current rayon pool, each a single-threaded GEMM followed by `epilogue(first_row, block)`
-/// while the block is still warm. Returns the multiply-accumulates performed.
+/// Output elements per column block of [`par_gemm`]: small enough that the epilogue finds the block
+/// in L2, wide enough that repacking `a` for every block costs nothing.
+const BLOCK_FLOATS: usize = 32 * 1024;
+
+/// `c ← a · b` in blocks of output columns (or of rows, when `c` is taller than wide), each a
+/// single-threaded GEMM followed by `epilogue(first_row, block)` while the block is still in cache.
+/// Blocks run in parallel on the current rayon pool. Returns the multiply-accumulates performed.
 pub(super) fn par_gemm<F>(a: ArrayView2<f32>, b: ArrayView2<f32>, mut c: ArrayViewMut2<f32>, epilogue: &F) -> u64
 where
     F: Fn(usize, ArrayViewMut2<f32>) + Sync,
@@ -34,14 +38,14 @@ where
     let (m, k) = a.dim();
     let n = b.ncols();
     let threads = rayon::current_num_threads();
-    if threads == 1 || m * k * n < PAR_MIN_MACS {
+    if m * k * n < PAR_MIN_MACS || (threads == 1 && m * n <= BLOCK_FLOATS) {
         let macs = gemm(&a, &b, &mut c);
         epilogue(0, c);
         return macs;
     }
     if n >= m {
-        // Column blocks: every thread packs all of `a` (weights, small) and its own share of `b`.
-        let width = n.div_ceil(threads).next_multiple_of(16);
+        // Column blocks: every block packs all of `a` (weights, small) and its own share of `b`.
+        let width = (BLOCK_FLOATS / m).max(64).min(n.div_ceil(threads)).next_multiple_of(16);
         let blocks: Vec<_> = b.axis_chunks_iter(Axis(1), width).zip(c.axis_chunks_iter_mut(Axis(1), width)).collect();
         blocks
             .into_par_iter()
@@ -52,7 +56,7 @@ where
             })
             .sum()
     } else {
-        let height = m.div_ceil(threads).next_multiple_of(8);
+        let height = (BLOCK_FLOATS / n).max(16).min(m.div_ceil(threads)).next_multiple_of(8);
         let blocks: Vec<_> = a.axis_chunks_iter(Axis(0), height).zip(c.axis_chunks_iter_mut(Axis(0), height)).collect();
         blocks
             .into_par_iter()

@@ -26,8 +26,6 @@ pub use softmax::softmax_rows;
 
 use std::cell::Cell;
 
-use ndarray::ArrayViewMut1;
-
 use crate::ops::activation::Activation;
 
 thread_local! {
@@ -72,20 +70,22 @@ fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     }
 }
 
-/// Output pass shared by the convolutions: `x ← act(x + bias)` over one row of output.
-fn bias_act(mut row: ArrayViewMut1<f32>, bias: f32, act: Option<Activation>) {
+/// Output pass shared by the convolutions: `x ← act(x + bias)` over `values` (a slice, an array or
+/// a contiguous ndarray row; iterated with `for_each` so ndarray's contiguous fast path applies).
+#[inline(always)]
+fn bias_act<'a>(values: impl IntoIterator<Item = &'a mut f32>, bias: f32, act: Option<Activation>) {
     // One loop per activation, so each loop body is branch-free and vectorises.
     #[inline(always)]
-    fn map(row: &mut ArrayViewMut1<f32>, f: impl Fn(f32) -> f32) {
-        row.map_inplace(|x| *x = f(*x));
+    fn map<'a>(values: impl IntoIterator<Item = &'a mut f32>, f: impl Fn(f32) -> f32) {
+        values.into_iter().for_each(|x| *x = f(*x));
     }
     match act {
         None if bias == 0.0 => {}
-        None => map(&mut row, |x| x + bias),
-        Some(Activation::Relu) => map(&mut row, |x| Activation::Relu.apply(x + bias)),
-        Some(Activation::Relu6) => map(&mut row, |x| Activation::Relu6.apply(x + bias)),
-        Some(Activation::Hsigmoid) => map(&mut row, |x| Activation::Hsigmoid.apply(x + bias)),
-        Some(Activation::Hswish) => map(&mut row, |x| Activation::Hswish.apply(x + bias)),
+        None => map(values, |x| x + bias),
+        Some(Activation::Relu) => map(values, |x| Activation::Relu.apply(x + bias)),
+        Some(Activation::Relu6) => map(values, |x| Activation::Relu6.apply(x + bias)),
+        Some(Activation::Hsigmoid) => map(values, |x| Activation::Hsigmoid.apply(x + bias)),
+        Some(Activation::Hswish) => map(values, |x| Activation::Hswish.apply(x + bias)),
     }
 }
 

@@ -87,7 +87,10 @@ fn exp<const FMA: bool>(x: f32) -> f32 {
         p = madd::<FMA>(p, r, c);
     }
     let e_r = madd::<FMA>(p, r * r, r) + 1.0;
-    let e = e_r * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n without a float-to-int conversion (which does not vectorise): `n + 127` lands in the low
+    // mantissa bits of `n + 127 + 2^23`, and shifting by 23 moves them into the exponent field.
+    let biased = n + (127.0 + 8_388_608.0);
+    let e = e_r * f32::from_bits(biased.to_bits() << 23);
     if underflow {
         0.0
     } else {
