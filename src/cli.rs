@@ -9,7 +9,7 @@ use crate::exec::{argmax_resized, read_input, Executor, NodeParams};
 use crate::graph::{compile, Graph};
 use crate::report::document::write_report;
 use crate::report::json::profile_json;
-use crate::report::table::{render_markdown, render_table};
+use crate::report::table::{render_profile, Style};
 use crate::report::timing::render_timing;
 use crate::report::Depth;
 use crate::spec::{embedded_specs, load_embedded, load_file, parse_resolution, LoadedSpec, Task};
@@ -288,8 +288,8 @@ fn profile(args: &ProfileArgs) -> Result<String> {
     let (loaded, graph) = args.spec.compile()?;
     let profile = Profile::new(&graph, &loaded.spec)?;
     Ok(match args.format {
-        Format::Table => render_table(&profile, args.convention, args.depth),
-        Format::Markdown => render_markdown(&profile, args.convention, args.depth),
+        Format::Table => render_profile(&profile, args.convention, args.depth, Style::Terminal),
+        Format::Markdown => render_profile(&profile, args.convention, args.depth, Style::Markdown),
         Format::Json => profile_json(&profile, args.convention, args.depth),
     })
 }

@@ -783,7 +783,7 @@ impl Vm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exec::weights::tests::{assert_maps_identical, manifest_path, TempPath};
+    use crate::exec::weights::tests::{assert_maps_identical, expect_err, manifest_path, TempPath};
     use crate::exec::weights::{read_tensors, TensorData};
     use std::io::Write;
 
@@ -946,13 +946,6 @@ mod tests {
         let a = read_tensors(&tmp.0).unwrap();
         let b = read_tensors(&manifest_path("tests/fixtures/micro/topformer-micro-seed5.safetensors")).unwrap();
         assert_maps_identical(&a, &b);
-    }
-
-    fn expect_err(path: &Path, needle: &str) {
-        let err = read_tensors(path).unwrap_err().to_string();
-        let name = path.file_name().unwrap().to_string_lossy();
-        assert!(err.contains(name.as_ref()), "message does not name the file: {err}");
-        assert!(err.contains(needle), "expected '{needle}' in: {err}");
     }
 
     #[test]

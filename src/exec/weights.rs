@@ -385,7 +385,8 @@ pub(crate) mod tests {
         }
     }
 
-    fn expect_err(path: &Path, needle: &str) {
+    /// Asserts that reading `path` fails with a message naming the file and containing `needle`.
+    pub(crate) fn expect_err(path: &Path, needle: &str) {
         let err = read_tensors(path).unwrap_err().to_string();
         let name = path.file_name().unwrap().to_string_lossy();
         assert!(err.contains(name.as_ref()), "message does not name the file: {err}");

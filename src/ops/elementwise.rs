@@ -1,6 +1,7 @@
 //! Elementwise binary ops of equal shapes: residual adds and the injection's multiply.
 
 use super::Shape;
+use crate::exec::kernels::{add_into, mul_into};
 
 /// An elementwise binary op. Functional in PyTorch, so no counter charges for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,8 +33,8 @@ impl Elementwise {
     /// Applies the op: `acc = acc (op) other`.
     pub fn apply(self, acc: &mut [f32], other: &[f32]) {
         match self {
-            Elementwise::Add => acc.iter_mut().zip(other).for_each(|(a, b)| *a += b),
-            Elementwise::Mul => acc.iter_mut().zip(other).for_each(|(a, b)| *a *= b),
+            Elementwise::Add => add_into(acc, other),
+            Elementwise::Mul => mul_into(acc, other),
         }
     }
 }

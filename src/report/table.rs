@@ -28,20 +28,6 @@ fn title(profile: &Profile, convention: Convention) -> String {
     )
 }
 
-/// The profile as terminal tables: breakdown, published figures, conventions.
-pub fn render_table(profile: &Profile, convention: Convention, depth: Depth) -> String {
-    let mut out = format!("{}\n", title(profile, convention));
-    out.push_str(&terminal_table(&breakdown(profile, convention, depth)));
-    if !profile.published.is_empty() {
-        out.push_str("\nPublished figures\n");
-        out.push_str(&terminal_table(&published(profile)));
-    }
-    out.push('\n');
-    out.push_str(&conventions_line(profile));
-    out.push('\n');
-    out
-}
-
 /// A GitHub-flavoured markdown table.
 pub fn markdown_table(rows: &Rows) -> String {
     let line = |cells: &[String]| format!("| {} |\n", cells.join(" | "));
@@ -64,13 +50,32 @@ pub fn markdown_table(rows: &Rows) -> String {
     out
 }
 
-/// The profile as markdown: a heading, the breakdown, published figures, conventions.
-pub fn render_markdown(profile: &Profile, convention: Convention, depth: Depth) -> String {
-    let mut out = format!("### {}\n\n", title(profile, convention));
-    out.push_str(&markdown_table(&breakdown(profile, convention, depth)));
-    if !profile.published.is_empty() {
+/// How a profile is laid out as text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Style {
+    /// Plain-text tables for a terminal.
+    Terminal,
+    /// GitHub-flavoured markdown.
+    Markdown,
+}
+
+/// The profile as text: a title, the breakdown, published figures, the totals under every convention.
+pub fn render_profile(profile: &Profile, convention: Convention, depth: Depth, style: Style) -> String {
+    let (heading, table): (&str, fn(&Rows) -> String) = match style {
+        Style::Terminal => ("", terminal_table),
+        Style::Markdown => ("### ", markdown_table),
+    };
+    let mut out = format!("{heading}{}\n", title(profile, convention));
+    if style == Style::Markdown {
         out.push('\n');
-        out.push_str(&markdown_table(&published(profile)));
+    }
+    out.push_str(&table(&breakdown(profile, convention, depth)));
+    if !profile.published.is_empty() {
+        out.push_str("\nPublished figures\n");
+        if style == Style::Markdown {
+            out.push('\n');
+        }
+        out.push_str(&table(&published(profile)));
     }
     out.push('\n');
     out.push_str(&conventions_line(profile));
