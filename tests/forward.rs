@@ -80,6 +80,32 @@ fn executed_macs_equal_the_analytic_count_per_node() {
     }
 }
 
+/// Every injection module type and fuse conv runs, with executed MACs equal to the analytic count.
+#[test]
+fn every_injection_type_runs() {
+    for kind in ["muli_sum", "muli_sum_cbr", "fuse_sum", "fuse_multi"] {
+        let text = std::fs::read_to_string(root().join("tests/fixtures/topformer-micro.toml")).unwrap();
+        let text = text
+            .replace("type = \"muli_sum\"", &format!("type = \"{kind}\""))
+            .replace("fuse = \"dense\"", "fuse = \"depthwise\"");
+        let path = std::env::temp_dir().join(format!("toparch-inj-{}-{kind}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        let spec = load_file(&path).unwrap().spec;
+        std::fs::remove_file(&path).ok();
+        let graph = compile(&spec, 45, 77).unwrap();
+        let out = run_random(&graph, 2);
+        for (i, node) in graph.nodes() {
+            assert_eq!(out.macs[i.index()], node.cost.macs, "{kind}: {}", node.name);
+        }
+        assert!(out.kept[&graph.output()].iter().all(|v| v.is_finite()), "{kind}");
+        assert!(graph.nodes().any(|(_, n)| n.name.contains(if kind.starts_with("fuse") {
+            "fuse1"
+        } else {
+            "local_embedding"
+        })));
+    }
+}
+
 #[test]
 fn odd_and_non_square_inputs_run_with_predicted_shapes() {
     for (h, w) in [(360, 480), (250, 330), (16, 16), (17, 61)] {

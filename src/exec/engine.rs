@@ -5,19 +5,36 @@
 use super::params::NodeParams;
 use crate::error::{Error, Result};
 use crate::graph::Graph;
-use crate::ops::{numel, Activation, ForwardArgs, Op};
+use crate::ops::{numel, resize, Activation, Elementwise, ForwardArgs, Op};
 use petgraph::graph::NodeIndex;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-/// One unit of execution: a node, or a conv with the BatchNorm and activation fused into it.
+/// What a step does.
+enum Work {
+    /// Runs the first node's op; for a conv, with its BatchNorm folded into `params` and `act` fused.
+    Op {
+        /// Float params of the first node.
+        params: Vec<Vec<f32>>,
+        /// A fused activation applied in the conv's output pass.
+        act: Option<Activation>,
+    },
+    /// `other + resize(x)`: a bilinear resize whose only reader is an add, run at the add's place and
+    /// accumulated straight into the add's other operand.
+    ResizeAdd {
+        /// The add's other operand.
+        other: NodeIndex,
+    },
+}
+
+/// One unit of execution: a node, or a few nodes fused.
 struct Step {
-    /// The nodes it covers; the first one's op runs, the last one's output is produced.
+    /// The nodes it covers; the last one's output is produced.
     nodes: Vec<NodeIndex>,
-    /// Float params of the first node (for a conv: BatchNorm folded in).
-    params: Vec<Vec<f32>>,
-    /// A fused activation applied in the conv's output pass.
-    act: Option<Activation>,
+    /// The nodes whose outputs it reads.
+    reads: Vec<NodeIndex>,
+    /// What it does.
+    work: Work,
 }
 
 impl Step {
@@ -87,11 +104,11 @@ impl<'g> Executor<'g> {
 
     fn execute(&self, input: &[f32], until: NodeIndex, keep: &[NodeIndex]) -> Result<RunOutput> {
         let g = self.graph;
-        let steps: Vec<&Step> = self.steps.iter().take_while(|s| s.nodes[0] <= until).collect();
+        let steps: Vec<&Step> = self.steps.iter().filter(|s| s.output() <= until).collect();
         // The step after which each node's buffer is no longer read.
         let mut last_read = vec![0usize; g.len()];
         for (s, step) in steps.iter().enumerate() {
-            for &i in &g.node(step.nodes[0]).inputs {
+            for &i in &step.reads {
                 last_read[i.index()] = s;
             }
         }
@@ -106,47 +123,66 @@ impl<'g> Executor<'g> {
         }
         for (s, step) in steps.iter().enumerate() {
             let start = Instant::now();
-            let first = g.node(step.nodes[0]);
             let out_index = step.output();
             let out_len = numel(&g.node(out_index).shape) as usize;
-            let shapes: Vec<_> = first.inputs.iter().map(|i| &g.node(*i).shape).collect();
-            let param_refs: Vec<&[f32]> = step.params.iter().map(Vec::as_slice).collect();
-            // An op that can work in place takes over its first input's buffer when nothing reads it later.
-            let first_input = first.inputs.first().copied();
-            let reusable = first_input
-                .filter(|i| last_read[i.index()] == s && !keep.contains(i) && first.inputs[1..].iter().all(|j| j != i))
-                .filter(|_| {
-                    matches!(first.op, Op::Activation(_) | Op::Elementwise(_) | Op::Softmax(_) | Op::Reshape(_))
-                });
-            let mut out = match reusable.and_then(|i| buffers[i.index()].take()) {
-                Some(buf) => buf,
-                None => take_buffer(&mut free, out_len),
+            // A buffer nothing reads after this step, read once by it, may become the step's output.
+            let dying = |i: NodeIndex| {
+                last_read[i.index()] == s && !keep.contains(&i) && step.reads.iter().filter(|&&r| r == i).count() == 1
             };
-            let inputs: Vec<&[f32]> =
-                first.inputs.iter().map(|i| buffers[i.index()].as_deref().unwrap_or_default()).collect();
-            let args =
-                ForwardArgs { inputs: &inputs, input_shapes: &shapes, output_shape: &first.shape, params: &param_refs };
-            let done = if reusable.is_some() { first.op.forward_in_place(&args, &mut out) } else { None };
-            let performed = match (done, &first.op) {
-                (Some(m), _) => m,
-                (None, Op::Conv2d(conv)) => {
-                    conv.forward(inputs[0], shapes[0], &first.shape, &param_refs, step.act, &mut out)
+            let first = g.node(step.nodes[0]);
+            let performed = match &step.work {
+                Work::ResizeAdd { other } => {
+                    let mut out = match dying(*other).then(|| buffers[other.index()].take()).flatten() {
+                        Some(buf) => buf,
+                        None => {
+                            let mut buf = take_buffer(&mut free, out_len);
+                            buf.copy_from_slice(buffers[other.index()].as_deref().unwrap_or_default());
+                            buf
+                        }
+                    };
+                    let source = first.inputs[0];
+                    let x = buffers[source.index()].as_deref().unwrap_or_default();
+                    resize::forward(x, &g.node(source).shape, &first.shape, &mut out, true);
+                    buffers[out_index.index()] = Some(out);
+                    0
                 }
-                (None, op) => op.forward(&args, &mut out),
+                Work::Op { params, act } => {
+                    let shapes: Vec<_> = first.inputs.iter().map(|i| &g.node(*i).shape).collect();
+                    let param_refs: Vec<&[f32]> = params.iter().map(Vec::as_slice).collect();
+                    // An op that can work in place takes over its first input's buffer when it is dying.
+                    let in_place = first.op.works_in_place() && dying(first.inputs[0]);
+                    let mut out = match in_place.then(|| buffers[first.inputs[0].index()].take()).flatten() {
+                        Some(buf) => buf,
+                        None => take_buffer(&mut free, out_len),
+                    };
+                    let inputs: Vec<&[f32]> =
+                        first.inputs.iter().map(|i| buffers[i.index()].as_deref().unwrap_or_default()).collect();
+                    let args = ForwardArgs {
+                        inputs: &inputs,
+                        input_shapes: &shapes,
+                        output_shape: &first.shape,
+                        params: &param_refs,
+                    };
+                    let performed = match &first.op {
+                        _ if in_place => first.op.forward_in_place(&args, &mut out),
+                        Op::Conv2d(conv) => {
+                            conv.forward(inputs[0], shapes[0], &first.shape, &param_refs, *act, &mut out)
+                        }
+                        op => op.forward(&args, &mut out),
+                    };
+                    buffers[out_index.index()] = Some(out);
+                    performed
+                }
             };
-            drop(inputs);
             macs[step.nodes[0].index()] = performed;
-            for &i in &first.inputs {
+            for &i in &step.reads {
                 if last_read[i.index()] == s && !keep.contains(&i) {
-                    if let Some(buf) = buffers[i.index()].take() {
-                        free.push(buf);
-                    }
+                    free.extend(buffers[i.index()].take());
                 }
             }
             if keep.contains(&out_index) {
-                kept.insert(out_index, out.clone());
+                kept.insert(out_index, buffers[out_index.index()].clone().unwrap_or_default());
             }
-            buffers[out_index.index()] = Some(out);
             stats.push(StepStat { nodes: step.nodes.clone(), time: start.elapsed(), macs: performed });
         }
         free.extend(buffers.into_iter().flatten());
@@ -173,7 +209,8 @@ fn take_buffer(free: &mut Vec<Vec<f32>>, len: usize) -> Vec<f32> {
 }
 
 /// Groups nodes into steps: a conv absorbs the BatchNorm that alone reads it (folded into its weights) and
-/// then the activation that alone reads that, unless an intermediate is a named output.
+/// then the activation that alone reads that; a resize whose only reader is an add runs inside that add.
+/// No named output is ever absorbed.
 fn plan(graph: &Graph, params: NodeParams) -> Vec<Step> {
     let NodeParams(mut params) = params;
     let tapped: Vec<NodeIndex> = graph.taps().iter().map(|&(_, i)| i).collect();
@@ -189,19 +226,40 @@ fn plan(graph: &Graph, params: NodeParams) -> Vec<Step> {
     };
     let mut steps = Vec::new();
     let mut absorbed = vec![false; graph.len()];
+    // The resize each add will accumulate, when that resize is deferred to it.
+    let mut deferred_into: Vec<Option<NodeIndex>> = vec![None; graph.len()];
     for (i, node) in graph.nodes() {
         if absorbed[i.index()] || node.op == Op::Input {
             continue;
         }
-        let mut step = Step { nodes: vec![i], params: std::mem::take(&mut params[i.index()]), act: None };
-        if let Op::Conv2d(_) = node.op {
+        if let Op::Resize(_) = node.op {
+            let add = sole_reader(i).filter(|&a| graph.node(a).op == Op::Elementwise(Elementwise::Add));
+            if let Some(add) = add.filter(|a| deferred_into[a.index()].is_none()) {
+                if graph.node(add).inputs.iter().any(|&x| x != i) {
+                    deferred_into[add.index()] = Some(i);
+                    continue;
+                }
+            }
+        }
+        if let Some(resize) = deferred_into[i.index()] {
+            let other = node.inputs.iter().copied().find(|&x| x != resize).expect("checked when deferred");
+            let source = graph.node(resize).inputs[0];
+            steps.push(Step { nodes: vec![resize, i], reads: vec![source, other], work: Work::ResizeAdd { other } });
+            continue;
+        }
+        let mut step = Step {
+            nodes: vec![i],
+            reads: node.inputs.clone(),
+            work: Work::Op { params: std::mem::take(&mut params[i.index()]), act: None },
+        };
+        if let (Op::Conv2d(_), Work::Op { params: conv_params, act }) = (&node.op, &mut step.work) {
             let mut tail = i;
             if let Some(bn_index) = sole_reader(tail) {
                 if let Op::BatchNorm(bn) = &graph.node(bn_index).op {
                     let bn_params = std::mem::take(&mut params[bn_index.index()]);
                     let refs: Vec<&[f32]> = bn_params.iter().map(Vec::as_slice).collect();
-                    let (w, b) = bn.fold_into(&step.params[0], step.params.get(1).map(Vec::as_slice), &refs);
-                    step.params = vec![w, b];
+                    let (w, b) = bn.fold_into(&conv_params[0], conv_params.get(1).map(Vec::as_slice), &refs);
+                    *conv_params = vec![w, b];
                     step.nodes.push(bn_index);
                     absorbed[bn_index.index()] = true;
                     tail = bn_index;
@@ -209,7 +267,7 @@ fn plan(graph: &Graph, params: NodeParams) -> Vec<Step> {
             }
             if let Some(act_index) = sole_reader(tail) {
                 if let Op::Activation(a) = graph.node(act_index).op {
-                    step.act = Some(a);
+                    *act = Some(a);
                     step.nodes.push(act_index);
                     absorbed[act_index.index()] = true;
                 }

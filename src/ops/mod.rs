@@ -239,17 +239,21 @@ impl Op {
 }
 
 impl Op {
-    /// Runs the op over its first input's buffer in place, when it can (the executor does this when the
-    /// buffer is not read again). Returns `None` for ops that cannot.
-    pub fn forward_in_place(&self, args: &ForwardArgs<'_>, data: &mut [f32]) -> Option<u64> {
+    /// Whether [`Op::forward_in_place`] can run this op over its first input's buffer.
+    pub fn works_in_place(&self) -> bool {
+        matches!(self, Op::Activation(_) | Op::Elementwise(_) | Op::Softmax(_) | Op::Reshape(_))
+    }
+
+    /// Runs the op over its first input's buffer `data` in place (the executor does this when nothing reads
+    /// the buffer later). Only for ops that [`Op::works_in_place`]; others leave `data` as it is.
+    pub fn forward_in_place(&self, args: &ForwardArgs<'_>, data: &mut [f32]) -> u64 {
         match self {
             Op::Activation(a) => a.apply_slice(data),
             Op::Elementwise(op) => op.apply(data, args.inputs[1]),
             Op::Softmax(_) => softmax::forward(data, args.output_shape),
-            Op::Reshape(_) => {}
-            _ => return None,
+            _ => {}
         }
-        Some(0)
+        0
     }
 }
 
