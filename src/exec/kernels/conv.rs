@@ -141,8 +141,8 @@ fn valid_range(k: usize, pad: usize, stride: usize, in_len: usize, out_len: usiz
 }
 
 /// Writes the im2col matrix `[cin_g · kh · kw, n]` of output pixels `p0..p0 + n` for the input channels
-/// starting at `c0` into `col`.
-fn im2col(input: &[f32], d: &Conv2dDims, c0: usize, p0: usize, n: usize, col: &mut [f32]) {
+/// starting at `c0` into `col`; `avx2` as for [`gather`].
+fn im2col(input: &[f32], d: &Conv2dDims, c0: usize, p0: usize, n: usize, col: &mut [f32], avx2: bool) {
     let cin_g = d.in_channels / d.groups;
     let plane = d.in_h * d.in_w;
     let mut rows = col.chunks_exact_mut(n);
@@ -170,14 +170,7 @@ fn im2col(input: &[f32], d: &Conv2dDims, c0: usize, p0: usize, n: usize, col: &m
                     let (mid, tail) = rest.split_at_mut(b - a);
                     head.fill(0.0);
                     tail.fill(0.0);
-                    let first = a * d.stride_w + kx - d.pad_w;
-                    if d.stride_w == 1 {
-                        mid.copy_from_slice(&src[first..first + mid.len()]);
-                    } else {
-                        for (v, &s) in mid.iter_mut().zip(src[first..].iter().step_by(d.stride_w)) {
-                            *v = s;
-                        }
-                    }
+                    gather(mid, &src[a * d.stride_w + kx - d.pad_w..], d.stride_w, avx2);
                 }
             }
         }
@@ -197,6 +190,7 @@ fn im2col_conv(
     let kdim = cin_g * d.kernel_h * d.kernel_w;
     let pixels = d.out_h * d.out_w;
     let tile = im2col_tile(kdim, pixels);
+    let avx2 = has_avx2_fma();
     let mut y = view2_mut(out, d.out_channels, pixels);
     let tiles: Vec<_> = y.axis_chunks_iter_mut(Axis(1), tile).enumerate().collect();
     tiles
@@ -206,7 +200,7 @@ fn im2col_conv(
             with_scratch(kdim * n, |col| {
                 let mut macs = 0;
                 for g in 0..d.groups {
-                    im2col(input, d, g * cin_g, t * tile, n, col);
+                    im2col(input, d, g * cin_g, t * tile, n, col, avx2);
                     let w = view2(&weight[g * cout_g * kdim..], cout_g, kdim);
                     let mut y_g = block.slice_mut(s![g * cout_g..(g + 1) * cout_g, ..]);
                     macs += gemm(&w, &view2(col, kdim, n), &mut y_g);
@@ -347,27 +341,28 @@ fn dw_pad<const S: usize, const FMA: bool>(x: &[f32], p: &DwPlan<S>, buf: &mut [
             if mid.is_empty() {
                 continue;
             }
-            let src = &src[first..];
-            if S == 1 {
-                mid.copy_from_slice(&src[..mid.len()]);
-                continue;
-            }
-            gather_strided::<S, FMA>(mid, src);
+            gather(mid, &src[first..], S, FMA);
         }
     }
 }
 
-/// `dst[i] = src[i·S]` for every `i` of `dst` (`src` holds at least `(dst.len() − 1)·S + 1` values).
+/// `dst[i] = src[i·stride]` for every `i` of `dst` (`src` holds at least `(dst.len() − 1)·stride + 1`
+/// values); `avx2` allows the AVX2 path for stride 2 (only pass `true` after detecting AVX2 and FMA).
 #[inline(always)]
-fn gather_strided<const S: usize, const FMA: bool>(dst: &mut [f32], src: &[f32]) {
+fn gather(dst: &mut [f32], src: &[f32], stride: usize, avx2: bool) {
+    if stride == 1 {
+        dst.copy_from_slice(&src[..dst.len()]);
+        return;
+    }
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if FMA && S == 2 {
-        // SAFETY: `FMA` is only true when inlined into functions compiled for AVX2 and FMA.
+    if avx2 && stride == 2 {
+        // SAFETY: callers pass `avx2 = true` only when AVX2 and FMA are available.
         done = unsafe { even_lanes_avx2(dst, src) };
     }
+    let _ = avx2;
     for (i, d) in dst.iter_mut().enumerate().skip(done) {
-        *d = src[i * S];
+        *d = src[i * stride];
     }
 }
 
