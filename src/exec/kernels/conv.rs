@@ -2,6 +2,7 @@
 //!
 //! - 1×1, stride 1, no padding, one group: a single GEMM `Y[Cout, HW] = W[Cout, Cin] · X[Cin, HW]` over
 //!   the buffers as they are, parallel over output blocks;
+//! - depthwise 1×1 without padding: a per-channel scale;
 //! - depthwise with a square kernel of 1, 3, 5 or 7 and stride 1 or 2: a direct kernel per channel that
 //!   pads the plane once (split into stride phases so every tap is a contiguous load), with kernel size
 //!   and stride as const generics and up to 8 vectors of outputs accumulated in registers;
@@ -77,6 +78,7 @@ pub fn conv2d(
     }
     if d.groups == d.in_channels && d.groups == d.out_channels && d.kernel_h == d.kernel_w && d.stride_h == d.stride_w {
         let kernel: Option<DepthwiseFn> = match (d.kernel_h, d.stride_h) {
+            (1, 1) if d.pad_h == 0 && d.pad_w == 0 => Some(channel_scale),
             (1, 1) => Some(depthwise::<1, 1>),
             (1, 2) => Some(depthwise::<1, 2>),
             (3, 1) => Some(depthwise::<3, 1>),
@@ -94,7 +96,7 @@ pub fn conv2d(
     im2col_conv(input, weight, bias, d, act, out)
 }
 
-/// Signature shared by [`conv2d`] and its specialisations.
+/// Signature shared by [`conv2d`] and its depthwise specialisations.
 type DepthwiseFn = fn(&[f32], &[f32], Option<&[f32]>, &Conv2dDims, Option<Activation>, &mut [f32]) -> u64;
 
 /// Applies bias and activation to every row of an output block whose first row is channel `row0`.
@@ -208,6 +210,30 @@ fn im2col_conv(
                 }
                 macs
             })
+        })
+        .sum()
+}
+
+/// Depthwise 1×1 convolution without padding: a per-channel scale, parallel over channels.
+fn channel_scale(
+    input: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    d: &Conv2dDims,
+    act: Option<Activation>,
+    out: &mut [f32],
+) -> u64 {
+    let plane = d.in_h * d.in_w;
+    out.par_chunks_mut(plane)
+        .zip(input.par_chunks(plane))
+        .enumerate()
+        .with_min_len((16384 / plane).max(1))
+        .map(|(c, (y, x))| {
+            for (o, &v) in y.iter_mut().zip(x) {
+                *o = weight[c] * v;
+            }
+            bias_act(y.iter_mut(), bias.map_or(0.0, |b| b[c]), act);
+            plane as u64
         })
         .sum()
 }
@@ -595,7 +621,9 @@ mod tests {
         check(dims(3, 11, 9, 3, (3, 3), 3, 1, 3));
         check(dims(3, 7, 11, 3, (2, 2), 1, 0, 3));
         check(dims(3, 7, 11, 3, (3, 1), 1, 1, 3));
-        // Padding beyond the kernel's reach.
+        // Padding beyond the kernel's reach (a padded 1×1 depthwise conv is not a plain channel scale).
+        check(dims(3, 7, 11, 3, (1, 1), 1, 1, 3));
+        check(dims(3, 7, 11, 3, (1, 1), 2, 2, 3));
         check(dims(3, 5, 6, 3, (3, 3), 1, 2, 3));
         check(dims(3, 5, 6, 3, (3, 3), 2, 3, 3));
         // Many channels, so channels are spread over threads.
