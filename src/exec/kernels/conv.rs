@@ -1,4 +1,4 @@
-//! 2-D convolution with PyTorch semantics (zero padding, dilation 1), in three strategies:
+//! 2-D convolution with PyTorch semantics (zero padding, dilation 1), in four strategies:
 //!
 //! - 1×1, stride 1, no padding, one group: a single GEMM `Y[Cout, HW] = W[Cout, Cin] · X[Cin, HW]` over
 //!   the buffers as they are, parallel over output blocks;
@@ -125,13 +125,13 @@ fn pointwise(
     par_gemm(w, x, y, &|row0, block| bias_act_block(block, row0, bias, act))
 }
 
-/// Output pixels per im2col tile: the tile's columns (`kdim` values each) should stay in L2, and
-/// every thread should get at least one tile.
+/// Output pixels per im2col tile: the tile's columns (`kdim` values each) should stay in L2, and the
+/// number of tiles should be a multiple of the thread count so that all threads get equal work.
 fn im2col_tile(kdim: usize, pixels: usize) -> usize {
     const TILE_FLOATS: usize = 48 * 1024;
-    let cache_tile = (TILE_FLOATS / kdim.max(1)).clamp(64, 4096) / 16 * 16;
-    let share = pixels.div_ceil(rayon::current_num_threads()).next_multiple_of(16);
-    cache_tile.min(share)
+    let cache_tile = (TILE_FLOATS / kdim.max(1)).clamp(64, 4096);
+    let tiles = pixels.div_ceil(cache_tile).next_multiple_of(rayon::current_num_threads());
+    pixels.div_ceil(tiles).next_multiple_of(16)
 }
 
 /// Output positions `o < out_len` whose input position `o·stride + k − pad` lies inside `[0, in_len)`:
