@@ -604,6 +604,7 @@ mod tests {
         check(dims(4, 7, 11, 6, (3, 3), 1, 1, 2));
         check(dims(4, 9, 7, 6, (5, 5), 2, 2, 2));
         check(dims(6, 5, 5, 3, (1, 1), 1, 0, 3));
+        check(dims(3, 7, 11, 6, (3, 3), 1, 1, 3)); // depthwise with channel multiplier 2
     }
 
     #[test]

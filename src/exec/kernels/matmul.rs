@@ -148,7 +148,8 @@ mod tests {
     #[test]
     fn matches_naive_for_all_transpositions_and_splits() {
         // Small (serial), wide (column split), tall (row split), attention-like, degenerate shapes.
-        let shapes = [(1, 5, 7, 3), (3, 5, 7, 3), (1, 40, 33, 70), (1, 90, 20, 40), (4, 64, 16, 64), (2, 1, 1, 1)];
+        let shapes =
+            [(1, 5, 7, 3), (3, 5, 7, 3), (1, 40, 33, 70), (1, 90, 20, 40), (4, 64, 16, 64), (2, 1, 1, 1), (2, 3, 0, 4)];
         with_pools(|threads| {
             for (batch, m, k, n) in shapes {
                 for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
