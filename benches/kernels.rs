@@ -48,6 +48,7 @@ fn bench(c: &mut Criterion) {
         ("dw k5 s2 48ch 128", dims(48, 128, 48, 5, 2, 48)),
         ("dw k5 s1 96ch 64", dims(96, 64, 96, 5, 1, 96)),
         ("dw k5 s1 576ch 16", dims(576, 16, 576, 5, 1, 576)),
+        ("dw k1 s1 128ch 64", dims(128, 64, 128, 1, 1, 128)),
     ];
     for threads in [1, 2] {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("rayon pool");

@@ -1,7 +1,8 @@
-//! 2-D convolution with PyTorch semantics (zero padding, dilation 1), in three strategies:
+//! 2-D convolution with PyTorch semantics (zero padding, dilation 1), in four strategies:
 //!
 //! - 1×1, stride 1, no padding, one group: a single GEMM `Y[Cout, HW] = W[Cout, Cin] · X[Cin, HW]` over
 //!   the buffers as they are, parallel over output blocks;
+//! - depthwise 1×1 without padding: a per-channel scale;
 //! - depthwise with a square kernel of 1, 3, 5 or 7 and stride 1 or 2: a direct kernel per channel that
 //!   pads the plane once (split into stride phases so every tap is a contiguous load), with kernel size
 //!   and stride as const generics and up to 8 vectors of outputs accumulated in registers;
@@ -77,6 +78,7 @@ pub fn conv2d(
     }
     if d.groups == d.in_channels && d.groups == d.out_channels && d.kernel_h == d.kernel_w && d.stride_h == d.stride_w {
         let kernel: Option<DepthwiseFn> = match (d.kernel_h, d.stride_h) {
+            (1, 1) if d.pad_h == 0 && d.pad_w == 0 => Some(channel_scale),
             (1, 1) => Some(depthwise::<1, 1>),
             (1, 2) => Some(depthwise::<1, 2>),
             (3, 1) => Some(depthwise::<3, 1>),
@@ -94,7 +96,7 @@ pub fn conv2d(
     im2col_conv(input, weight, bias, d, act, out)
 }
 
-/// Signature shared by [`conv2d`] and its specialisations.
+/// Signature shared by [`conv2d`] and its depthwise specialisations.
 type DepthwiseFn = fn(&[f32], &[f32], Option<&[f32]>, &Conv2dDims, Option<Activation>, &mut [f32]) -> u64;
 
 /// Applies bias and activation to every row of an output block whose first row is channel `row0`.
@@ -123,13 +125,13 @@ fn pointwise(
     par_gemm(w, x, y, &|row0, block| bias_act_block(block, row0, bias, act))
 }
 
-/// Output pixels per im2col tile: the tile's columns (`kdim` values each) should stay in L2, and
-/// every thread should get at least one tile.
+/// Output pixels per im2col tile: the tile's columns (`kdim` values each) should stay in L2, and the
+/// number of tiles should be a multiple of the thread count so that all threads get equal work.
 fn im2col_tile(kdim: usize, pixels: usize) -> usize {
     const TILE_FLOATS: usize = 48 * 1024;
-    let cache_tile = (TILE_FLOATS / kdim.max(1)).clamp(64, 4096) / 16 * 16;
-    let share = pixels.div_ceil(rayon::current_num_threads()).next_multiple_of(16);
-    cache_tile.min(share)
+    let cache_tile = (TILE_FLOATS / kdim.max(1)).clamp(64, 4096);
+    let tiles = pixels.div_ceil(cache_tile).next_multiple_of(rayon::current_num_threads());
+    pixels.div_ceil(tiles).next_multiple_of(16)
 }
 
 /// Output positions `o < out_len` whose input position `o·stride + k − pad` lies inside `[0, in_len)`:
@@ -141,8 +143,8 @@ fn valid_range(k: usize, pad: usize, stride: usize, in_len: usize, out_len: usiz
 }
 
 /// Writes the im2col matrix `[cin_g · kh · kw, n]` of output pixels `p0..p0 + n` for the input channels
-/// starting at `c0` into `col`.
-fn im2col(input: &[f32], d: &Conv2dDims, c0: usize, p0: usize, n: usize, col: &mut [f32]) {
+/// starting at `c0` into `col`; `avx2` as for [`gather`].
+fn im2col(input: &[f32], d: &Conv2dDims, c0: usize, p0: usize, n: usize, col: &mut [f32], avx2: bool) {
     let cin_g = d.in_channels / d.groups;
     let plane = d.in_h * d.in_w;
     let mut rows = col.chunks_exact_mut(n);
@@ -170,14 +172,7 @@ fn im2col(input: &[f32], d: &Conv2dDims, c0: usize, p0: usize, n: usize, col: &m
                     let (mid, tail) = rest.split_at_mut(b - a);
                     head.fill(0.0);
                     tail.fill(0.0);
-                    let first = a * d.stride_w + kx - d.pad_w;
-                    if d.stride_w == 1 {
-                        mid.copy_from_slice(&src[first..first + mid.len()]);
-                    } else {
-                        for (v, &s) in mid.iter_mut().zip(src[first..].iter().step_by(d.stride_w)) {
-                            *v = s;
-                        }
-                    }
+                    gather(mid, &src[a * d.stride_w + kx - d.pad_w..], d.stride_w, avx2);
                 }
             }
         }
@@ -197,6 +192,7 @@ fn im2col_conv(
     let kdim = cin_g * d.kernel_h * d.kernel_w;
     let pixels = d.out_h * d.out_w;
     let tile = im2col_tile(kdim, pixels);
+    let avx2 = has_avx2_fma();
     let mut y = view2_mut(out, d.out_channels, pixels);
     let tiles: Vec<_> = y.axis_chunks_iter_mut(Axis(1), tile).enumerate().collect();
     tiles
@@ -206,7 +202,7 @@ fn im2col_conv(
             with_scratch(kdim * n, |col| {
                 let mut macs = 0;
                 for g in 0..d.groups {
-                    im2col(input, d, g * cin_g, t * tile, n, col);
+                    im2col(input, d, g * cin_g, t * tile, n, col, avx2);
                     let w = view2(&weight[g * cout_g * kdim..], cout_g, kdim);
                     let mut y_g = block.slice_mut(s![g * cout_g..(g + 1) * cout_g, ..]);
                     macs += gemm(&w, &view2(col, kdim, n), &mut y_g);
@@ -214,6 +210,30 @@ fn im2col_conv(
                 }
                 macs
             })
+        })
+        .sum()
+}
+
+/// Depthwise 1×1 convolution without padding: a per-channel scale, parallel over channels.
+fn channel_scale(
+    input: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    d: &Conv2dDims,
+    act: Option<Activation>,
+    out: &mut [f32],
+) -> u64 {
+    let plane = d.in_h * d.in_w;
+    out.par_chunks_mut(plane)
+        .zip(input.par_chunks(plane))
+        .enumerate()
+        .with_min_len((16384 / plane).max(1))
+        .map(|(c, (y, x))| {
+            for (o, &v) in y.iter_mut().zip(x) {
+                *o = weight[c] * v;
+            }
+            bias_act(y.iter_mut(), bias.map_or(0.0, |b| b[c]), act);
+            plane as u64
         })
         .sum()
 }
@@ -347,27 +367,28 @@ fn dw_pad<const S: usize, const FMA: bool>(x: &[f32], p: &DwPlan<S>, buf: &mut [
             if mid.is_empty() {
                 continue;
             }
-            let src = &src[first..];
-            if S == 1 {
-                mid.copy_from_slice(&src[..mid.len()]);
-                continue;
-            }
-            gather_strided::<S, FMA>(mid, src);
+            gather(mid, &src[first..], S, FMA);
         }
     }
 }
 
-/// `dst[i] = src[i·S]` for every `i` of `dst` (`src` holds at least `(dst.len() − 1)·S + 1` values).
+/// `dst[i] = src[i·stride]` for every `i` of `dst` (`src` holds at least `(dst.len() − 1)·stride + 1`
+/// values); `avx2` allows the AVX2 path for stride 2 (only pass `true` after detecting AVX2 and FMA).
 #[inline(always)]
-fn gather_strided<const S: usize, const FMA: bool>(dst: &mut [f32], src: &[f32]) {
+fn gather(dst: &mut [f32], src: &[f32], stride: usize, avx2: bool) {
+    if stride == 1 {
+        dst.copy_from_slice(&src[..dst.len()]);
+        return;
+    }
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if FMA && S == 2 {
-        // SAFETY: `FMA` is only true when inlined into functions compiled for AVX2 and FMA.
+    if avx2 && stride == 2 {
+        // SAFETY: callers pass `avx2 = true` only when AVX2 and FMA are available.
         done = unsafe { even_lanes_avx2(dst, src) };
     }
+    let _ = avx2;
     for (i, d) in dst.iter_mut().enumerate().skip(done) {
-        *d = src[i * S];
+        *d = src[i * stride];
     }
 }
 
@@ -583,6 +604,7 @@ mod tests {
         check(dims(4, 7, 11, 6, (3, 3), 1, 1, 2));
         check(dims(4, 9, 7, 6, (5, 5), 2, 2, 2));
         check(dims(6, 5, 5, 3, (1, 1), 1, 0, 3));
+        check(dims(3, 7, 11, 6, (3, 3), 1, 1, 3)); // depthwise with channel multiplier 2
     }
 
     #[test]
@@ -600,7 +622,9 @@ mod tests {
         check(dims(3, 11, 9, 3, (3, 3), 3, 1, 3));
         check(dims(3, 7, 11, 3, (2, 2), 1, 0, 3));
         check(dims(3, 7, 11, 3, (3, 1), 1, 1, 3));
-        // Padding beyond the kernel's reach.
+        // Padding beyond the kernel's reach (a padded 1×1 depthwise conv is not a plain channel scale).
+        check(dims(3, 7, 11, 3, (1, 1), 1, 1, 3));
+        check(dims(3, 7, 11, 3, (1, 1), 2, 2, 3));
         check(dims(3, 5, 6, 3, (3, 3), 1, 2, 3));
         check(dims(3, 5, 6, 3, (3, 3), 2, 3, 3));
         // Many channels, so channels are spread over threads.

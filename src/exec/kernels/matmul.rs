@@ -43,9 +43,11 @@ where
         epilogue(0, c);
         return macs;
     }
+    // Enough blocks to keep each in L2, and a multiple of the thread count so all threads get equal work.
+    let blocks = (m * n).div_ceil(BLOCK_FLOATS).next_multiple_of(threads);
     if n >= m {
         // Column blocks: every block packs all of `a` (weights, small) and its own share of `b`.
-        let width = (BLOCK_FLOATS / m).max(64).min(n.div_ceil(threads)).next_multiple_of(16);
+        let width = n.div_ceil(blocks).max(64).next_multiple_of(16);
         let blocks: Vec<_> = b.axis_chunks_iter(Axis(1), width).zip(c.axis_chunks_iter_mut(Axis(1), width)).collect();
         blocks
             .into_par_iter()
@@ -56,7 +58,7 @@ where
             })
             .sum()
     } else {
-        let height = (BLOCK_FLOATS / n).max(16).min(m.div_ceil(threads)).next_multiple_of(8);
+        let height = m.div_ceil(blocks).max(16).next_multiple_of(8);
         let blocks: Vec<_> = a.axis_chunks_iter(Axis(0), height).zip(c.axis_chunks_iter_mut(Axis(0), height)).collect();
         blocks
             .into_par_iter()
@@ -146,7 +148,8 @@ mod tests {
     #[test]
     fn matches_naive_for_all_transpositions_and_splits() {
         // Small (serial), wide (column split), tall (row split), attention-like, degenerate shapes.
-        let shapes = [(1, 5, 7, 3), (3, 5, 7, 3), (1, 40, 33, 70), (1, 90, 20, 40), (4, 64, 16, 64), (2, 1, 1, 1)];
+        let shapes =
+            [(1, 5, 7, 3), (3, 5, 7, 3), (1, 40, 33, 70), (1, 90, 20, 40), (4, 64, 16, 64), (2, 1, 1, 1), (2, 3, 0, 4)];
         with_pools(|threads| {
             for (batch, m, k, n) in shapes {
                 for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {

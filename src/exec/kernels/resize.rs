@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::with_scratch;
+use super::{has_avx2_fma, with_scratch};
 
 /// The two source indices of one output coordinate and their weights.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -59,39 +59,80 @@ pub fn resize_bilinear(
         }
         return;
     }
-    let (rows, cols) = (taps(in_h, out_h), taps(in_w, out_w));
-    let mut needed = vec![false; in_h];
-    for t in &rows {
-        needed[t.i0] = true;
-        needed[t.i1] = true;
-    }
+    let plan = Plan::new(in_h, in_w, out_h, out_w, accumulate);
+    let avx2 = has_avx2_fma();
     out.par_chunks_mut(out_h * out_w)
         .zip(input.par_chunks(in_h * in_w))
         .with_min_len((4096 / (out_h * out_w)).max(1))
         .for_each(|(y, x)| {
             with_scratch(in_h * out_w, |horizontal| {
-                for ((h_row, x_row), _) in horizontal
-                    .chunks_exact_mut(out_w)
-                    .zip(x.chunks_exact(in_w))
-                    .zip(&needed)
-                    .filter(|(_, &needed)| needed)
-                {
-                    for (h, t) in h_row.iter_mut().zip(&cols) {
-                        *h = t.w0 * x_row[t.i0] + t.w1 * x_row[t.i1];
-                    }
+                #[cfg(target_arch = "x86_64")]
+                if avx2 {
+                    // SAFETY: `avx2` is true only when AVX2 and FMA were detected on this CPU.
+                    unsafe { resize_plane_avx2(x, y, &plan, horizontal) };
+                    return;
                 }
-                for (y_row, t) in y.chunks_exact_mut(out_w).zip(&rows) {
-                    let h0 = &horizontal[t.i0 * out_w..][..out_w];
-                    let h1 = &horizontal[t.i1 * out_w..][..out_w];
-                    let values = h0.iter().zip(h1).map(|(&a, &b)| t.w0 * a + t.w1 * b);
-                    if accumulate {
-                        y_row.iter_mut().zip(values).for_each(|(o, v)| *o += v);
-                    } else {
-                        y_row.iter_mut().zip(values).for_each(|(o, v)| *o = v);
-                    }
-                }
+                let _ = avx2;
+                resize_plane(x, y, &plan, horizontal);
             });
         });
+}
+
+/// Everything about a resize that is shared by its channels.
+struct Plan {
+    rows: Vec<Tap>,
+    cols: Vec<Tap>,
+    /// Input rows that some output row reads.
+    needed: Vec<bool>,
+    in_w: usize,
+    out_w: usize,
+    accumulate: bool,
+}
+
+impl Plan {
+    fn new(in_h: usize, in_w: usize, out_h: usize, out_w: usize, accumulate: bool) -> Self {
+        let rows = taps(in_h, out_h);
+        let mut needed = vec![false; in_h];
+        for t in &rows {
+            needed[t.i0] = true;
+            needed[t.i1] = true;
+        }
+        Plan { rows, cols: taps(in_w, out_w), needed, in_w, out_w, accumulate }
+    }
+}
+
+/// [`resize_plane`] compiled for AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn resize_plane_avx2(x: &[f32], y: &mut [f32], plan: &Plan, horizontal: &mut [f32]) {
+    resize_plane(x, y, plan, horizontal);
+}
+
+/// Resizes one channel: horizontal interpolation of the needed input rows into `horizontal`
+/// (`in_h × out_w`), then a contiguous two-row blend per output row.
+#[inline(always)]
+fn resize_plane(x: &[f32], y: &mut [f32], plan: &Plan, horizontal: &mut [f32]) {
+    let out_w = plan.out_w;
+    for ((h_row, x_row), _) in horizontal
+        .chunks_exact_mut(out_w)
+        .zip(x.chunks_exact(plan.in_w))
+        .zip(&plan.needed)
+        .filter(|(_, &needed)| needed)
+    {
+        for (h, t) in h_row.iter_mut().zip(&plan.cols) {
+            *h = t.w0 * x_row[t.i0] + t.w1 * x_row[t.i1];
+        }
+    }
+    for (y_row, t) in y.chunks_exact_mut(out_w).zip(&plan.rows) {
+        let h0 = &horizontal[t.i0 * out_w..][..out_w];
+        let h1 = &horizontal[t.i1 * out_w..][..out_w];
+        let values = h0.iter().zip(h1).map(|(&a, &b)| t.w0 * a + t.w1 * b);
+        if plan.accumulate {
+            y_row.iter_mut().zip(values).for_each(|(o, v)| *o += v);
+        } else {
+            y_row.iter_mut().zip(values).for_each(|(o, v)| *o = v);
+        }
+    }
 }
 
 #[cfg(test)]
