@@ -173,6 +173,12 @@ fn malformed_specs_name_file_line_and_key() {
     );
     expect_spec_error("missing", &micro.replace("key_dim = 16\n", ""), &["semantics_extractor", "key_dim"]);
     expect_spec_error("extends", "extends = \"no-such-spec\"\n", &["bad.toml:1", "no-such-spec"]);
+    expect_spec_error(
+        "huge",
+        &micro.replace("num_classes = 10", "num_classes = 10000000000"),
+        &["bad.toml:38", "larger than"],
+    );
+    expect_spec_error("ratio", &micro.replace("mlp_ratio = 2", "mlp_ratio = 1e30"), &["bad.toml:25", "mlp_ratio"]);
 }
 
 #[test]

@@ -173,12 +173,17 @@ fn first_line(message: &str) -> String {
     message.lines().next().unwrap_or_default().to_string()
 }
 
-/// Parses `--res`: `512` (square) or `HxW`, both positive.
+/// Largest input side: 64 K pixels, far beyond any segmentation input, small enough that no count overflows.
+pub const MAX_SIDE: usize = 1 << 16;
+
+/// Parses `--res`: `512` (square) or `HxW`, both positive and at most [`MAX_SIDE`].
 pub fn parse_resolution(text: &str) -> Result<(usize, usize)> {
     let bad = || {
-        Error::input(format!("invalid resolution '{text}': expected a positive size such as 512 or 1024x2048 (HxW)"))
+        Error::input(format!(
+            "invalid resolution '{text}': expected a size from 1 to {MAX_SIDE} such as 512 or 1024x2048 (HxW)"
+        ))
     };
-    let side = |s: &str| s.trim().parse::<usize>().ok().filter(|&v| v > 0).ok_or_else(bad);
+    let side = |s: &str| s.trim().parse::<usize>().ok().filter(|&v| v > 0 && v <= MAX_SIDE).ok_or_else(bad);
     match text.split_once(['x', 'X', '×']) {
         Some((h, w)) => Ok((side(h)?, side(w)?)),
         None => {
@@ -205,7 +210,7 @@ mod tests {
     fn resolutions() {
         assert_eq!(parse_resolution("512").unwrap(), (512, 512));
         assert_eq!(parse_resolution("1024x2048").unwrap(), (1024, 2048));
-        for bad in ["0", "12x", "-5", "x3", "3x0", "abc", ""] {
+        for bad in ["0", "12x", "-5", "x3", "3x0", "abc", "", "65537", "99999999999999999999"] {
             assert!(parse_resolution(bad).is_err(), "{bad}");
         }
     }

@@ -212,7 +212,49 @@ pub enum Task {
     Classification,
 }
 
+/// Largest width, depth or class count a spec may ask for: far beyond any mobile network, small enough that
+/// no count can overflow.
+pub const MAX_SIZE: usize = 1 << 16;
+/// Largest expansion or MLP ratio.
+pub const MAX_RATIO: f64 = 64.0;
+/// Largest kernel size.
+pub const MAX_KERNEL: usize = 31;
+
 impl Spec {
+    /// Keeps every size within the limits above, so that counting and execution stay exact.
+    fn check_sizes(&self) -> Result<(), (String, String)> {
+        let (tp, se) = (&self.token_pyramid, &self.semantics_extractor);
+        let mut sizes = vec![
+            ("token_pyramid.stem_channels".to_string(), tp.stem_channels),
+            ("semantics_extractor.depth".into(), se.depth),
+            ("semantics_extractor.num_heads".into(), se.num_heads),
+            ("semantics_extractor.key_dim".into(), se.key_dim),
+            ("semantics_extractor.c2t_stride".into(), se.c2t_stride),
+        ];
+        sizes.extend(tp.blocks.iter().enumerate().map(|(i, b)| (format!("token_pyramid.blocks[{i}]"), b.out())));
+        sizes.extend(tp.channels.iter().map(|&c| ("token_pyramid.channels".to_string(), c)));
+        sizes.extend(self.injection.iter().map(|i| ("injection.channels".to_string(), i.channels)));
+        sizes.extend(self.head.iter().flat_map(|h| {
+            [("head.channels".to_string(), h.channels), ("head.num_classes".to_string(), h.num_classes)]
+        }));
+        sizes.extend(self.classifier.iter().map(|c| ("classifier.num_classes".to_string(), c.num_classes)));
+        if let Some((key, value)) = sizes.into_iter().find(|&(_, v)| v > MAX_SIZE) {
+            return Err((key, format!("{value} is larger than the supported {MAX_SIZE}")));
+        }
+        for (i, b) in tp.blocks.iter().enumerate() {
+            if b.kernel() > MAX_KERNEL || b.expand() > MAX_RATIO {
+                let msg = format!("kernel at most {MAX_KERNEL} and expand ratio at most {MAX_RATIO}");
+                return Err((format!("token_pyramid.blocks[{i}]"), msg));
+            }
+        }
+        for (key, ratio) in [("attn_ratio", se.attn_ratio), ("mlp_ratio", se.mlp_ratio)] {
+            if ratio > MAX_RATIO {
+                return Err((format!("semantics_extractor.{key}"), format!("{ratio} is larger than {MAX_RATIO}")));
+            }
+        }
+        Ok(())
+    }
+
     /// Segmentation or classification, from the sections present (validated at load).
     pub fn task(&self) -> Task {
         if self.classifier.is_some() {
@@ -249,6 +291,7 @@ impl Spec {
     /// Checks every cross-field rule. Errors are `(key, message)` so the caller can name the line.
     pub fn validate(&self) -> Result<(), (String, String)> {
         let err = |key: &str, msg: String| Err((key.to_string(), msg));
+        self.check_sizes()?;
         let tp = &self.token_pyramid;
         if tp.stem_channels == 0 {
             return err("token_pyramid.stem_channels", "must be positive".into());
