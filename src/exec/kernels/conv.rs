@@ -563,12 +563,12 @@ mod tests {
         let b = random(d.out_channels, 13, 2.0);
         let want_macs =
             (d.out_channels * d.out_h * d.out_w * d.in_channels / d.groups * d.kernel_h * d.kernel_w) as u64;
-        with_pools(|threads| {
+        with_pools(|setup| {
             for act in [None].into_iter().chain(Activation::ALL.map(Some)) {
                 for bias in [None, Some(b.as_slice())] {
                     let mut out = vec![f32::NAN; d.out_channels * d.out_h * d.out_w];
                     let macs = conv2d(&x, &wt, bias, &d, act, &mut out);
-                    let what = format!("{d:?} act {act:?} bias {} threads {threads}", bias.is_some());
+                    let what = format!("{d:?} act {act:?} bias {} {setup}", bias.is_some());
                     assert_close(&out, &naive(&x, &wt, bias, &d, act), &what);
                     assert_eq!(macs, want_macs, "{what}");
                 }

@@ -150,14 +150,14 @@ mod tests {
         // Small (serial), wide (column split), tall (row split), attention-like, degenerate shapes.
         let shapes =
             [(1, 5, 7, 3), (3, 5, 7, 3), (1, 40, 33, 70), (1, 90, 20, 40), (4, 64, 16, 64), (2, 1, 1, 1), (2, 3, 0, 4)];
-        with_pools(|threads| {
+        with_pools(|setup| {
             for (batch, m, k, n) in shapes {
                 for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                     let a = random(batch * m * k, 1, 1.0);
                     let b = random(batch * k * n, 2, 1.0);
                     let mut out = vec![f32::NAN; batch * m * n];
                     let macs = batched_matmul(&a, &b, batch, m, k, n, ta, tb, &mut out);
-                    let what = format!("threads {threads} batch {batch} {m}x{k}x{n} ta {ta} tb {tb}");
+                    let what = format!("{setup} batch {batch} {m}x{k}x{n} ta {ta} tb {tb}");
                     assert_close(&out, &naive(&a, &b, batch, m, k, n, ta, tb), &what);
                     assert_eq!(macs, (batch * m * k * n) as u64, "{what}");
                 }

@@ -7,8 +7,9 @@
 //! channels, pixel tiles, GEMM blocks, batches or rows) and calls single-threaded GEMMs inside, so a
 //! one-thread pool runs everything serially with no nested parallelism.
 //!
-//! SIMD: hot inner loops are compiled twice, once for the baseline target and once with
-//! `#[target_feature(enable = "avx2,fma")]`, chosen at run time with `is_x86_feature_detected!`.
+//! SIMD: GEMMs use matrixmultiply's own run-time dispatch; the other hot loops are compiled twice,
+//! once for the baseline target and once with `#[target_feature(enable = "avx2,fma")]`, chosen at run
+//! time with `is_x86_feature_detected!`.
 
 mod conv;
 mod elementwise;
@@ -47,8 +48,16 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     result
 }
 
+/// Test-only switch forcing the portable code paths, so that the tests cover both versions.
+#[cfg(test)]
+static PORTABLE_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Whether the AVX2 + FMA versions of the inner loops may run on this CPU.
 fn has_avx2_fma() -> bool {
+    #[cfg(test)]
+    if PORTABLE_ONLY.load(std::sync::atomic::Ordering::Relaxed) {
+        return false;
+    }
     #[cfg(target_arch = "x86_64")]
     {
         is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
@@ -114,11 +123,24 @@ mod test_util {
         }
     }
 
-    /// Runs `f` inside rayon pools of 1, 2 and 3 threads (serial path, even and uneven splits).
-    pub fn with_pools(mut f: impl FnMut(usize) + Send) {
-        for threads in [1, 2, 3] {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("build rayon pool");
-            pool.install(|| f(threads));
+    /// Runs `f` inside rayon pools of 1, 2 and 3 threads (serial path, even and uneven splits), each
+    /// with the AVX2 code paths (where the CPU has them) and with the portable ones; `f` gets a label
+    /// of the setup for its messages.
+    ///
+    /// Calls are serialised so that the portable switch is stable while `f` runs; kernels called
+    /// elsewhere meanwhile may take either path, which is correct either way.
+    pub fn with_pools(mut f: impl FnMut(&str) + Send) {
+        use std::sync::atomic::Ordering::Relaxed;
+        static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for portable in [false, true] {
+            super::PORTABLE_ONLY.store(portable, Relaxed);
+            for threads in [1, 2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("build rayon pool");
+                let label = format!("{threads} threads, {}", if portable { "portable" } else { "avx2" });
+                pool.install(|| f(&label));
+            }
         }
+        super::PORTABLE_ONLY.store(false, Relaxed);
     }
 }

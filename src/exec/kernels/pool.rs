@@ -90,13 +90,13 @@ mod tests {
             (9, 9, 4, 5),
             (2, 3, 3, 5),
         ];
-        with_pools(|threads| {
+        with_pools(|setup| {
             for (ih, iw, oh, ow) in shapes {
                 for c in [1, 3, 50] {
                     let x = random(c * ih * iw, 5, 3.0);
                     let mut out = vec![f32::NAN; c * oh * ow];
                     adaptive_avg_pool2d(&x, c, ih, iw, oh, ow, &mut out);
-                    let what = format!("{c}x{ih}x{iw} -> {oh}x{ow}, threads {threads}");
+                    let what = format!("{c}x{ih}x{iw} -> {oh}x{ow}, {setup}");
                     assert_close(&out, &naive(&x, c, ih, iw, oh, ow), &what);
                 }
             }

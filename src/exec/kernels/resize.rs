@@ -166,13 +166,13 @@ mod tests {
     #[test]
     fn matches_naive_up_down_and_identity() {
         let shapes = [(7, 11, 3, 5), (7, 11, 16, 9), (1, 1, 4, 3), (5, 5, 5, 5), (16, 16, 64, 64), (13, 6, 1, 1)];
-        with_pools(|threads| {
+        with_pools(|setup| {
             for (ih, iw, oh, ow) in shapes {
                 for c in [1, 3] {
                     let x = random(c * ih * iw, 7, 3.0);
                     let base = random(c * oh * ow, 8, 1.0);
                     let want = naive(&x, c, ih, iw, oh, ow);
-                    let what = format!("{c}x{ih}x{iw} -> {oh}x{ow}, threads {threads}");
+                    let what = format!("{c}x{ih}x{iw} -> {oh}x{ow}, {setup}");
                     let mut out = vec![f32::NAN; c * oh * ow];
                     resize_bilinear(&x, c, ih, iw, oh, ow, &mut out, false);
                     assert_close(&out, &want, &what);

@@ -113,7 +113,7 @@ mod tests {
 
     #[test]
     fn matches_naive_on_odd_and_attention_rows() {
-        with_pools(|threads| {
+        with_pools(|setup| {
             for (rows, len) in [(3, 1), (5, 7), (4, 8), (3, 19), (1024, 256)] {
                 for scale in [1.0, 30.0] {
                     let mut data = random(rows * len, 9, scale);
@@ -121,7 +121,7 @@ mod tests {
                     softmax_rows(&mut data, len);
                     for (i, (&g, &w)) in data.iter().zip(&want).enumerate() {
                         // Relative accuracy of the polynomial exp, plus an absolute floor for tiny values.
-                        assert!((g - w).abs() <= 1e-5 * w + 1e-7, "threads {threads} {rows}x{len} #{i}: {g} vs {w}");
+                        assert!((g - w).abs() <= 1e-5 * w + 1e-7, "{setup} {rows}x{len} #{i}: {g} vs {w}");
                     }
                     for row in data.chunks(len) {
                         assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
