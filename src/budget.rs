@@ -30,7 +30,7 @@ pub struct Budget {
     pub res: String,
     /// Counting convention of `max_flops`.
     #[serde(default = "default_convention")]
-    pub convention: ConventionName,
+    pub convention: Convention,
     /// Largest allowed FLOPs (MAC-style count).
     pub max_flops: Option<f64>,
     /// Largest allowed learnable parameters.
@@ -53,30 +53,8 @@ pub struct Limits {
     pub max_params: Option<f64>,
 }
 
-/// A convention as written in a budgets file.
-#[derive(Clone, Copy, Debug, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ConventionName {
-    /// `paper`.
-    Paper,
-    /// `fvcore`.
-    Fvcore,
-    /// `macs`.
-    Macs,
-}
-
-fn default_convention() -> ConventionName {
-    ConventionName::Paper
-}
-
-impl From<ConventionName> for Convention {
-    fn from(c: ConventionName) -> Self {
-        match c {
-            ConventionName::Paper => Convention::Paper,
-            ConventionName::Fvcore => Convention::Fvcore,
-            ConventionName::Macs => Convention::Macs,
-        }
-    }
+fn default_convention() -> Convention {
+    Convention::Paper
 }
 
 /// One limit compared with the computed value.
@@ -132,7 +110,7 @@ pub fn evaluate(budgets: &Budgets, base_dir: &Path) -> Result<Vec<Verdict>> {
         let (h, w) = parse_resolution(&b.res)?;
         let graph = compile(&loaded.spec, h, w)?;
         let profile = Profile::new(&graph, &loaded.spec)?;
-        let convention = Convention::from(b.convention);
+        let convention = b.convention;
         let entry = format!("{}@{}x{} {}", loaded.spec.name, h, w, convention.name());
         let mut check = |scope: &str, metric: &'static str, actual: u64, max: Option<f64>| {
             if let Some(max) = max {

@@ -1,9 +1,9 @@
 //! Counting conventions: how params and FLOPs are tallied so that each named counter is reproduced.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A named FLOP-counting convention.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Convention {
     /// mmcv 1.x `get_model_complexity_info`, which produced the TopFormer paper's figures.
