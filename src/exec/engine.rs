@@ -5,20 +5,30 @@
 use super::params::NodeParams;
 use crate::error::{Error, Result};
 use crate::graph::Graph;
-use crate::ops::{numel, resize, Activation, Elementwise, ForwardArgs, Op};
+use crate::ops::{numel, resize, Activation, Conv2d, Elementwise, ForwardArgs, Op};
 use petgraph::graph::NodeIndex;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+/// A conv with the BatchNorm that alone reads it folded into its weights and the activation that alone reads
+/// that fused into its output pass.
+struct ConvChain {
+    /// The conv.
+    conv: Conv2d,
+    /// The conv node, then the absorbed BatchNorm and activation nodes.
+    nodes: Vec<NodeIndex>,
+    /// Weight and bias (zeros when the conv has none and no BatchNorm follows).
+    params: Vec<Vec<f32>>,
+    /// The fused activation.
+    act: Option<Activation>,
+}
+
 /// What a step does.
 enum Work {
-    /// Runs the first node's op; for a conv, with its BatchNorm folded into `params` and `act` fused.
-    Op {
-        /// Float params of the first node.
-        params: Vec<Vec<f32>>,
-        /// A fused activation applied in the conv's output pass.
-        act: Option<Activation>,
-    },
+    /// Runs a conv chain.
+    Conv(ConvChain),
+    /// Runs the node's op with its float params.
+    Op(Vec<Vec<f32>>),
     /// `other + resize(x)`: a bilinear resize whose only reader is an add, run at the add's place and
     /// accumulated straight into the add's other operand.
     ResizeAdd {
@@ -146,7 +156,16 @@ impl<'g> Executor<'g> {
                     buffers[out_index.index()] = Some(out);
                     0
                 }
-                Work::Op { params, act } => {
+                Work::Conv(chain) => {
+                    let mut out = take_buffer(&mut free, out_len);
+                    let x = buffers[first.inputs[0].index()].as_deref().unwrap_or_default();
+                    let params: Vec<&[f32]> = chain.params.iter().map(Vec::as_slice).collect();
+                    let shape = &g.node(first.inputs[0]).shape;
+                    let performed = chain.conv.forward(x, shape, &first.shape, &params, chain.act, &mut out);
+                    buffers[out_index.index()] = Some(out);
+                    performed
+                }
+                Work::Op(params) => {
                     let shapes: Vec<_> = first.inputs.iter().map(|i| &g.node(*i).shape).collect();
                     let param_refs: Vec<&[f32]> = params.iter().map(Vec::as_slice).collect();
                     // An op that can work in place takes over its first input's buffer when it is dying.
@@ -163,12 +182,10 @@ impl<'g> Executor<'g> {
                         output_shape: &first.shape,
                         params: &param_refs,
                     };
-                    let performed = match &first.op {
-                        _ if in_place => first.op.forward_in_place(&args, &mut out),
-                        Op::Conv2d(conv) => {
-                            conv.forward(inputs[0], shapes[0], &first.shape, &param_refs, *act, &mut out)
-                        }
-                        op => op.forward(&args, &mut out),
+                    let performed = if in_place {
+                        first.op.forward_in_place(&args, &mut out)
+                    } else {
+                        first.op.forward(&args, &mut out)
                     };
                     buffers[out_index.index()] = Some(out);
                     performed
@@ -212,28 +229,16 @@ fn take_buffer(free: &mut Vec<Vec<f32>>, len: usize) -> Vec<f32> {
 /// then the activation that alone reads that; a resize whose only reader is an add runs inside that add.
 /// No named output is ever absorbed.
 fn plan(graph: &Graph, params: NodeParams) -> Vec<Step> {
-    let NodeParams(mut params) = params;
-    let tapped: Vec<NodeIndex> = graph.taps().iter().map(|&(_, i)| i).collect();
-    let mut consumers: Vec<Vec<NodeIndex>> = vec![Vec::new(); graph.len()];
-    for (i, node) in graph.nodes() {
-        for input in &node.inputs {
-            consumers[input.index()].push(i);
-        }
-    }
-    let sole_reader = |i: NodeIndex| match consumers[i.index()].as_slice() {
-        [only] if !tapped.contains(&i) => Some(*only),
-        _ => None,
-    };
+    let mut planner = Planner::new(graph, params);
     let mut steps = Vec::new();
-    let mut absorbed = vec![false; graph.len()];
     // The resize each add will accumulate, when that resize is deferred to it.
     let mut deferred_into: Vec<Option<NodeIndex>> = vec![None; graph.len()];
     for (i, node) in graph.nodes() {
-        if absorbed[i.index()] || node.op == Op::Input {
+        if planner.absorbed[i.index()] || node.op == Op::Input {
             continue;
         }
         if let Op::Resize(_) = node.op {
-            let add = sole_reader(i).filter(|&a| graph.node(a).op == Op::Elementwise(Elementwise::Add));
+            let add = planner.sole_reader(i).filter(|&a| graph.node(a).op == Op::Elementwise(Elementwise::Add));
             if let Some(add) = add.filter(|a| deferred_into[a.index()].is_none()) {
                 if graph.node(add).inputs.iter().any(|&x| x != i) {
                     deferred_into[add.index()] = Some(i);
@@ -241,39 +246,81 @@ fn plan(graph: &Graph, params: NodeParams) -> Vec<Step> {
                 }
             }
         }
-        if let Some(resize) = deferred_into[i.index()] {
+        let step = if let Some(resize) = deferred_into[i.index()] {
             let other = node.inputs.iter().copied().find(|&x| x != resize).expect("checked when deferred");
             let source = graph.node(resize).inputs[0];
-            steps.push(Step { nodes: vec![resize, i], reads: vec![source, other], work: Work::ResizeAdd { other } });
-            continue;
-        }
-        let mut step = Step {
-            nodes: vec![i],
-            reads: node.inputs.clone(),
-            work: Work::Op { params: std::mem::take(&mut params[i.index()]), act: None },
+            Step { nodes: vec![resize, i], reads: vec![source, other], work: Work::ResizeAdd { other } }
+        } else if let Op::Conv2d(conv) = &node.op {
+            let chain = planner.conv_chain(i, conv.clone());
+            Step { nodes: chain.nodes.clone(), reads: node.inputs.clone(), work: Work::Conv(chain) }
+        } else {
+            Step { nodes: vec![i], reads: node.inputs.clone(), work: Work::Op(planner.take_params(i)) }
         };
-        if let (Op::Conv2d(_), Work::Op { params: conv_params, act }) = (&node.op, &mut step.work) {
-            let mut tail = i;
-            if let Some(bn_index) = sole_reader(tail) {
-                if let Op::BatchNorm(bn) = &graph.node(bn_index).op {
-                    let bn_params = std::mem::take(&mut params[bn_index.index()]);
-                    let refs: Vec<&[f32]> = bn_params.iter().map(Vec::as_slice).collect();
-                    let (w, b) = bn.fold_into(&conv_params[0], conv_params.get(1).map(Vec::as_slice), &refs);
-                    *conv_params = vec![w, b];
-                    step.nodes.push(bn_index);
-                    absorbed[bn_index.index()] = true;
-                    tail = bn_index;
-                }
-            }
-            if let Some(act_index) = sole_reader(tail) {
-                if let Op::Activation(a) = graph.node(act_index).op {
-                    *act = Some(a);
-                    step.nodes.push(act_index);
-                    absorbed[act_index.index()] = true;
-                }
-            }
-        }
         steps.push(step);
     }
     steps
+}
+
+/// What planning needs to know of the graph, and the params it hands out to steps.
+struct Planner<'g> {
+    graph: &'g Graph,
+    params: Vec<Vec<Vec<f32>>>,
+    consumers: Vec<Vec<NodeIndex>>,
+    tapped: Vec<NodeIndex>,
+    absorbed: Vec<bool>,
+}
+
+impl<'g> Planner<'g> {
+    fn new(graph: &'g Graph, NodeParams(params): NodeParams) -> Self {
+        let mut consumers: Vec<Vec<NodeIndex>> = vec![Vec::new(); graph.len()];
+        for (i, node) in graph.nodes() {
+            for input in &node.inputs {
+                consumers[input.index()].push(i);
+            }
+        }
+        let tapped = graph.taps().iter().map(|&(_, i)| i).collect();
+        Planner { graph, params, consumers, tapped, absorbed: vec![false; graph.len()] }
+    }
+
+    /// The only node that reads `i`, unless `i` is a named output.
+    fn sole_reader(&self, i: NodeIndex) -> Option<NodeIndex> {
+        match self.consumers[i.index()].as_slice() {
+            [only] if !self.tapped.contains(&i) => Some(*only),
+            _ => None,
+        }
+    }
+
+    fn take_params(&mut self, i: NodeIndex) -> Vec<Vec<f32>> {
+        std::mem::take(&mut self.params[i.index()])
+    }
+
+    /// The conv at `i` with the BatchNorm and activation it can absorb, marked absorbed.
+    fn conv_chain(&mut self, i: NodeIndex, conv: Conv2d) -> ConvChain {
+        let mut params = self.take_params(i);
+        let channels = self.graph.node(i).shape[1];
+        if params.len() == 1 {
+            params.push(vec![0.0; channels]);
+        }
+        let mut chain = ConvChain { conv, nodes: vec![i], params, act: None };
+        if let Some(bn_index) = self.sole_reader(i) {
+            if let Op::BatchNorm(bn) = &self.graph.node(bn_index).op {
+                let bn_params = self.take_params(bn_index);
+                let refs: Vec<&[f32]> = bn_params.iter().map(Vec::as_slice).collect();
+                let (w, b) = bn.fold_into(&chain.params[0], Some(&chain.params[1]), &refs);
+                chain.params = vec![w, b];
+                chain.nodes.push(bn_index);
+            }
+        }
+        let tail = *chain.nodes.last().expect("the chain holds its conv");
+        if let Some(act_index) = self.sole_reader(tail) {
+            if let Op::Activation(a) = self.graph.node(act_index).op {
+                chain.act = Some(a);
+                chain.nodes.push(act_index);
+            }
+        }
+        for n in &chain.nodes {
+            self.absorbed[n.index()] = true;
+        }
+        chain
+    }
 }
