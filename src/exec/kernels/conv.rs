@@ -238,12 +238,13 @@ fn channel_scale(
         .sum()
 }
 
-/// Geometry of one depthwise plane padded once into stride phases.
+/// Geometry of one depthwise plane, or of a band of its output rows, padded once into stride phases.
 ///
 /// Padded column `xp` is stored in phase `xp % S` at position `xp / S`, so tap `kx` of output column
 /// `ox` is element `ox + kx / S` of phase `kx % S`: a contiguous load for every stride. Each padded row
-/// holds `S` phases of `phase_w` elements; there are `rows` padded rows (only those the outputs read).
-struct DwPlan<const S: usize> {
+/// holds `S` phases of `phase_w` elements; there are `rows` padded rows (only those the outputs read),
+/// of which the first `pad_h` are zero and the rest come from the input rows the caller passes.
+pub(super) struct DwPlan<const S: usize> {
     in_w: usize,
     pad_h: usize,
     out_h: usize,
@@ -255,16 +256,53 @@ struct DwPlan<const S: usize> {
 }
 
 /// One output plane of a depthwise convolution with the bias and activation to apply to it.
-struct DwOut<'a> {
-    y: &'a mut [f32],
-    bias: f32,
-    act: Option<Activation>,
+pub(super) struct DwOut<'a> {
+    /// The output rows, `out_w` values each.
+    pub(super) y: &'a mut [f32],
+    /// Bias added to every output.
+    pub(super) bias: f32,
+    /// Activation applied after the bias.
+    pub(super) act: Option<Activation>,
 }
 
 /// Output columns per vector.
 const LANES: usize = 8;
 /// Vectors per register tile in the wide part of a row.
 const WIDE: usize = 4;
+
+impl<const S: usize> DwPlan<S> {
+    /// Plan for output rows `oy0..oy0 + out_h` of the depthwise convolution `d` with a `K × K` kernel.
+    ///
+    /// The band reads padded rows `oy0·S..oy0·S + rows`, that is input rows from
+    /// [`first_input_row`](Self::first_input_row) on; the caller passes those that exist.
+    pub(super) fn new<const K: usize>(d: &Conv2dDims, oy0: usize, out_h: usize) -> Self {
+        let phase_w = d.out_w.next_multiple_of(LANES) + (K - 1) / S;
+        let spans = std::array::from_fn(|phase| {
+            let (lo, hi) = valid_range(phase, d.pad_w, S, d.in_w, phase_w);
+            let hi = hi.max(lo);
+            (lo, hi, (lo * S + phase).saturating_sub(d.pad_w))
+        });
+        DwPlan {
+            in_w: d.in_w,
+            pad_h: d.pad_h.saturating_sub(oy0 * S),
+            out_h,
+            out_w: d.out_w,
+            phase_w,
+            rows: (out_h - 1) * S + K,
+            spans,
+        }
+    }
+
+    /// The first input row the band starting at output row `oy0` reads (padding aside).
+    pub(super) fn first_input_row(d: &Conv2dDims, oy0: usize) -> usize {
+        (oy0 * S).saturating_sub(d.pad_h)
+    }
+
+    /// Scratch floats [`dw_channel`] needs for this plan.
+    pub(super) fn buf_len(&self) -> usize {
+        self.rows * S * self.phase_w
+    }
+}
 
 /// Depthwise convolution with a `K × K` kernel and stride `S`, parallel over channels.
 fn depthwise<const K: usize, const S: usize>(
@@ -275,21 +313,7 @@ fn depthwise<const K: usize, const S: usize>(
     act: Option<Activation>,
     out: &mut [f32],
 ) -> u64 {
-    let phase_w = d.out_w.next_multiple_of(LANES) + (K - 1) / S;
-    let spans = std::array::from_fn(|phase| {
-        let (lo, hi) = valid_range(phase, d.pad_w, S, d.in_w, phase_w);
-        let hi = hi.max(lo);
-        (lo, hi, (lo * S + phase).saturating_sub(d.pad_w))
-    });
-    let plan = DwPlan::<S> {
-        in_w: d.in_w,
-        pad_h: d.pad_h,
-        out_h: d.out_h,
-        out_w: d.out_w,
-        phase_w,
-        rows: (d.out_h - 1) * S + K,
-        spans,
-    };
+    let plan = DwPlan::<S>::new::<K>(d, 0, d.out_h);
     let (in_plane, out_plane) = (d.in_h * d.in_w, d.out_h * d.out_w);
     let fma = has_avx2_fma();
     out.par_chunks_mut(out_plane)
@@ -299,19 +323,33 @@ fn depthwise<const K: usize, const S: usize>(
             let x = &input[c * in_plane..][..in_plane];
             let w = &weight[c * K * K..][..K * K];
             let out = DwOut { y, bias: bias.map_or(0.0, |b| b[c]), act };
-            with_scratch(plan.rows * S * plan.phase_w, |buf| {
-                #[cfg(target_arch = "x86_64")]
-                if fma {
-                    // SAFETY: `fma` is true only when AVX2 and FMA were detected on this CPU.
-                    unsafe { dw_plane_avx2::<K, S>(x, w, &plan, buf, out) };
-                    return;
-                }
-                let _ = fma;
-                dw_plane::<K, S, false>(x, w, &plan, buf, out);
-            });
+            with_scratch(plan.buf_len(), |buf| dw_channel::<K, S>(x, w, &plan, buf, out, fma));
             (out_plane * K * K) as u64
         })
         .sum()
+}
+
+/// One depthwise channel (or band of it): pads the input rows `x` into `buf` (at least
+/// [`DwPlan::buf_len`] floats) and writes `out`; `fma` selects the AVX2/FMA version (only pass `true`
+/// after [`has_avx2_fma`]).
+#[inline]
+pub(super) fn dw_channel<const K: usize, const S: usize>(
+    x: &[f32],
+    w: &[f32],
+    plan: &DwPlan<S>,
+    buf: &mut [f32],
+    out: DwOut,
+    fma: bool,
+) {
+    let buf = &mut buf[..plan.buf_len()];
+    #[cfg(target_arch = "x86_64")]
+    if fma {
+        // SAFETY: callers pass `fma = true` only when AVX2 and FMA were detected on this CPU.
+        unsafe { dw_plane_avx2::<K, S>(x, w, plan, buf, out) };
+        return;
+    }
+    let _ = fma;
+    dw_plane::<K, S, false>(x, w, plan, buf, out);
 }
 
 /// [`dw_plane`] compiled for AVX2 and FMA.
@@ -348,7 +386,8 @@ fn dw_plane<const K: usize, const S: usize, const FMA: bool>(
     }
 }
 
-/// Writes the zero-padded, phase-split copy of plane `x` into `buf`, touching every element once.
+/// Writes the zero-padded, phase-split copy of the input rows `x` into `buf` (exactly the plan's
+/// [`DwPlan::buf_len`] floats), touching every element once; rows past the end of `x` are zero.
 #[inline(always)]
 fn dw_pad<const S: usize, const FMA: bool>(x: &[f32], p: &DwPlan<S>, buf: &mut [f32]) {
     let row_stride = S * p.phase_w;

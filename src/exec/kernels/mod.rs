@@ -13,6 +13,7 @@
 
 mod conv;
 mod elementwise;
+mod fused;
 mod matmul;
 mod pool;
 mod resize;
@@ -20,6 +21,7 @@ mod softmax;
 
 pub use conv::{conv2d, Conv2dDims};
 pub use elementwise::{add_into, mul_into};
+pub use fused::{expand_depthwise, supports_expand_depthwise};
 pub use matmul::batched_matmul;
 pub use pool::adaptive_avg_pool2d;
 pub use resize::resize_bilinear;

@@ -1,0 +1,330 @@
+//! A MobileNetV2 expand (1×1 conv) fused with the depthwise conv that reads it, so that the wide
+//! expanded map never goes through memory.
+//!
+//! The depthwise output rows are split into one contiguous piece per rayon thread; each piece walks
+//! its rows in bands. For a band, the expanded input rows it reads are computed by one single-threaded
+//! GEMM `W[hidden, Cin] · X[Cin, rows·W]` into a thread-local scratch sized to stay in L2 (bias and
+//! activation applied while the rows are hot), then every channel runs the direct depthwise kernel of
+//! [`conv2d`](super::conv2d) on those rows with the band's own top and bottom padding. Rows shared with
+//! the previous band of the same piece are kept (moved to the front of the scratch), so only the first
+//! band of every piece after the first recomputes a halo of `k − stride` expanded rows.
+
+use ndarray::{ArrayView2, ArrayViewMut2, ArrayViewMut3, Axis, ShapeBuilder};
+use rayon::prelude::*;
+
+use super::conv::{conv2d, dw_channel, Conv2dDims, DwOut, DwPlan};
+use super::matmul::{gemm, view2};
+use super::{bias_act, has_avx2_fma, with_scratch};
+use crate::ops::activation::Activation;
+
+/// Floats of expanded rows a band holds (256 KB): with the padded band plane and the streamed input
+/// rows it stays well inside one core's L2.
+const BAND_FLOATS: usize = 64 * 1024;
+
+/// Whether [`expand_depthwise`] supports this pair: `expand` is a 1×1 stride-1 unpadded conv with
+/// one group, `depthwise` is a depthwise conv on its output with a square 3×3, 5×5 or 7×7 kernel, equal
+/// strides of 1 or 2, vertical padding smaller than the kernel, and a last window that reaches the last
+/// input row (so every expanded row is read, hence computed; see [`expand_depthwise`]'s MAC count).
+pub fn supports_expand_depthwise(expand: &Conv2dDims, depthwise: &Conv2dDims) -> bool {
+    let (e, d) = (expand, depthwise);
+    let pointwise = e.groups == 1
+        && (e.kernel_h, e.kernel_w, e.stride_h, e.stride_w, e.pad_h, e.pad_w) == (1, 1, 1, 1, 0, 0)
+        && (e.out_h, e.out_w) == (e.in_h, e.in_w);
+    let chained = (d.in_channels, d.in_h, d.in_w) == (e.out_channels, e.out_h, e.out_w);
+    let depthwise = d.groups == d.in_channels
+        && d.out_channels == d.in_channels
+        && d.kernel_h == d.kernel_w
+        && d.stride_h == d.stride_w
+        && matches!((d.kernel_h, d.stride_h), (3 | 5 | 7, 1 | 2));
+    let reads_every_row =
+        d.out_h > 0 && d.pad_h < d.kernel_h && (d.out_h - 1) * d.stride_h + d.kernel_h >= d.in_h + d.pad_h;
+    pointwise && chained && depthwise && reads_every_row
+}
+
+/// A 1×1 expand conv (stride 1, no padding, one group, with bias and optional activation) followed by
+/// a depthwise k×k conv (with bias and optional activation), computed in bands of output rows so the
+/// expanded map stays in cache instead of going through memory.
+///
+/// `input` is `[Cin, H, W]`, `expand_weight` `[hidden, Cin]`, `dw_weight` `[hidden, 1, k, k]`, the
+/// biases have `hidden` values and `out` (`[hidden, Ho, Wo]`) is fully overwritten. Same result as
+/// `conv2d(expand)` then `conv2d(depthwise)` up to float rounding.
+///
+/// Returns the multiply-accumulates of (expand, depthwise) as the unfused pair counts them:
+/// `hidden·H·W·Cin` and `hidden·Ho·Wo·k²`. The expand count is exact in that every expanded pixel is
+/// computed at least once (guaranteed by [`supports_expand_depthwise`]); it does not include the
+/// halo rows recomputed where a thread's piece of rows starts, `(k − stride)·W·hidden·Cin` per piece
+/// after the first (e.g. one extra row of 256, 0.4 %, for 3×3 stride 2 at 256² on two threads; none on one thread).
+///
+/// Pairs that [`supports_expand_depthwise`] rejects are computed unfused, through a temporary buffer.
+#[allow(clippy::too_many_arguments)] // the documented kernel signature
+pub fn expand_depthwise(
+    input: &[f32],
+    expand: &Conv2dDims,
+    expand_weight: &[f32],
+    expand_bias: &[f32],
+    expand_act: Option<Activation>,
+    depthwise: &Conv2dDims,
+    dw_weight: &[f32],
+    dw_bias: &[f32],
+    dw_act: Option<Activation>,
+    out: &mut [f32],
+) -> (u64, u64) {
+    let (e, d) = (expand, depthwise);
+    debug_assert_eq!(input.len(), e.in_channels * e.in_h * e.in_w);
+    debug_assert_eq!(expand_weight.len(), e.out_channels * e.in_channels);
+    debug_assert_eq!(expand_bias.len(), e.out_channels);
+    debug_assert_eq!(dw_weight.len(), d.out_channels * d.kernel_h * d.kernel_w);
+    debug_assert_eq!(dw_bias.len(), d.out_channels);
+    debug_assert_eq!(out.len(), d.out_channels * d.out_h * d.out_w);
+    let pair = Pair {
+        input,
+        e,
+        ew: expand_weight,
+        eb: expand_bias,
+        eact: expand_act,
+        d,
+        dw: dw_weight,
+        db: dw_bias,
+        dact: dw_act,
+    };
+    let fused = supports_expand_depthwise(e, d).then_some(match (d.kernel_h, d.stride_h) {
+        (3, 1) => fused::<3, 1>,
+        (3, 2) => fused::<3, 2>,
+        (5, 1) => fused::<5, 1>,
+        (5, 2) => fused::<5, 2>,
+        (7, 1) => fused::<7, 1>,
+        _ => fused::<7, 2>,
+    });
+    match fused {
+        Some(kernel) => kernel(&pair, out),
+        None => {
+            let mut hidden = vec![0.0; e.out_channels * e.out_h * e.out_w];
+            let macs = conv2d(input, expand_weight, Some(expand_bias), e, expand_act, &mut hidden);
+            (macs, conv2d(&hidden, dw_weight, Some(dw_bias), d, dw_act, out))
+        }
+    }
+}
+
+/// The operands of one expand + depthwise pair.
+struct Pair<'a> {
+    input: &'a [f32],
+    e: &'a Conv2dDims,
+    ew: &'a [f32],
+    eb: &'a [f32],
+    eact: Option<Activation>,
+    d: &'a Conv2dDims,
+    dw: &'a [f32],
+    db: &'a [f32],
+    dact: Option<Activation>,
+}
+
+/// Band heights of one fused pair: output rows per band and expanded rows the scratch holds per channel.
+#[derive(Clone, Copy)]
+struct Bands {
+    height: usize,
+    capacity: usize,
+}
+
+/// The fused pair with a `K × K` depthwise kernel and stride `S`, parallel over pieces of output rows.
+fn fused<const K: usize, const S: usize>(p: &Pair, out: &mut [f32]) -> (u64, u64) {
+    let (e, d) = (p.e, p.d);
+    let hidden = e.out_channels;
+    let pieces = rayon::current_num_threads().min(d.out_h);
+    let piece_h = d.out_h.div_ceil(pieces);
+    // As many output rows per band as keep the expanded rows within budget (at least one).
+    let budget_rows = BAND_FLOATS / (hidden * e.in_w);
+    let height = if budget_rows >= K { (budget_rows - K) / S + 1 } else { 1 }.min(piece_h);
+    let bands = Bands { height, capacity: (height - 1) * S + K };
+    let fma = has_avx2_fma();
+    let mut y =
+        ArrayViewMut3::from_shape((hidden, d.out_h, d.out_w), out).expect("output length checked by the caller");
+    let pieces: Vec<_> = y.axis_chunks_iter_mut(Axis(1), piece_h).enumerate().collect();
+    pieces.into_par_iter().for_each(|(i, piece)| run_piece::<K, S>(p, i * piece_h, piece, bands, fma));
+    let macs = |a: usize, b: usize, c: usize, k: usize| (a * b * c * k) as u64;
+    (macs(hidden, e.in_h, e.in_w, e.in_channels), macs(hidden, d.out_h, d.out_w, K * K))
+}
+
+/// Output rows `oy0..` of `piece` (`[hidden, rows, Wo]`), band after band on this thread.
+fn run_piece<const K: usize, const S: usize>(
+    p: &Pair,
+    oy0: usize,
+    mut piece: ArrayViewMut3<f32>,
+    bands: Bands,
+    fma: bool,
+) {
+    let (e, d) = (p.e, p.d);
+    let (hidden, w) = (e.out_channels, e.in_w);
+    let channel_len = bands.capacity * w;
+    let buf_len = DwPlan::<S>::new::<K>(d, 0, bands.height).buf_len();
+    with_scratch(hidden * channel_len + buf_len, |scratch| {
+        let (expanded, buf) = scratch.split_at_mut(hidden * channel_len);
+        // Input rows `held.0..held.1` are expanded in rows `0..` of every channel's scratch.
+        let mut held = (0, 0);
+        for (b, mut band) in piece.axis_chunks_iter_mut(Axis(1), bands.height).enumerate() {
+            let band_oy0 = oy0 + b * bands.height;
+            let plan = DwPlan::<S>::new::<K>(d, band_oy0, band.len_of(Axis(1)));
+            let first = DwPlan::<S>::first_input_row(d, band_oy0);
+            let end = ((band_oy0 + band.len_of(Axis(1)) - 1) * S + K).saturating_sub(d.pad_h).min(e.in_h);
+            let keep = if held.0 <= first && first < held.1 { held.1 - first } else { 0 };
+            if keep > 0 && first > held.0 {
+                for channel in expanded.chunks_exact_mut(channel_len) {
+                    channel.copy_within((first - held.0) * w..(held.1 - held.0) * w, 0);
+                }
+            }
+            expand_rows(p, first + keep..end, expanded, keep, bands.capacity);
+            held = (first, end);
+            for (c, channel) in expanded.chunks_exact(channel_len).enumerate() {
+                let mut y = band.index_axis_mut(Axis(0), c);
+                let y = y.as_slice_mut().expect("one channel's rows of a band are contiguous");
+                let out = DwOut { y, bias: p.db[c], act: p.dact };
+                dw_channel::<K, S>(&channel[..(end - first) * w], &p.dw[c * K * K..][..K * K], &plan, buf, out, fma);
+            }
+        }
+    });
+}
+
+/// Expands input `rows` into row `slot` onwards of every channel's scratch (`capacity` rows each),
+/// then applies the expand bias and activation to them.
+fn expand_rows(p: &Pair, rows: std::ops::Range<usize>, expanded: &mut [f32], slot: usize, capacity: usize) {
+    let (e, w) = (p.e, p.e.in_w);
+    let n = rows.len() * w;
+    if n == 0 {
+        return;
+    }
+    let plane = e.in_h * w;
+    let x = ArrayView2::from_shape((e.in_channels, n).strides((plane, 1)), &p.input[rows.start * w..])
+        .expect("input rows lie inside every channel's plane");
+    let mut y = ArrayViewMut2::from_shape((e.out_channels, n).strides((capacity * w, 1)), &mut expanded[slot * w..])
+        .expect("expanded rows fit the scratch");
+    gemm(&view2(p.ew, e.out_channels, e.in_channels), &x, &mut y);
+    for (mut row, &bias) in y.rows_mut().into_iter().zip(p.eb) {
+        bias_act(row.iter_mut(), bias, p.eact);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::kernels::test_util::{assert_close, random, with_pools};
+
+    /// The expand `cin → hidden` at `h × w` and the depthwise `k × k`, stride `s`, padding `k / 2` after it.
+    fn pair(cin: usize, hidden: usize, h: usize, w: usize, k: usize, s: usize) -> (Conv2dDims, Conv2dDims) {
+        let expand = Conv2dDims {
+            in_channels: cin,
+            in_h: h,
+            in_w: w,
+            out_channels: hidden,
+            kernel_h: 1,
+            kernel_w: 1,
+            stride_h: 1,
+            stride_w: 1,
+            pad_h: 0,
+            pad_w: 0,
+            groups: 1,
+            out_h: h,
+            out_w: w,
+        };
+        let p = k / 2;
+        let depthwise = Conv2dDims {
+            in_channels: hidden,
+            out_channels: hidden,
+            kernel_h: k,
+            kernel_w: k,
+            stride_h: s,
+            stride_w: s,
+            pad_h: p,
+            pad_w: p,
+            groups: hidden,
+            out_h: (h + 2 * p - k) / s + 1,
+            out_w: (w + 2 * p - k) / s + 1,
+            ..expand
+        };
+        (expand, depthwise)
+    }
+
+    /// Runs the fused pair against two `conv2d` calls for every activation on either side, in every
+    /// pool of [`with_pools`]; checks both MAC counts.
+    fn check((e, d): (Conv2dDims, Conv2dDims)) {
+        assert!(supports_expand_depthwise(&e, &d), "{e:?} {d:?}");
+        let x = random(e.in_channels * e.in_h * e.in_w, 21, 2.0);
+        let ew = random(e.out_channels * e.in_channels, 22, 1.0);
+        let eb = random(e.out_channels, 23, 1.0);
+        let dw = random(d.out_channels * d.kernel_h * d.kernel_w, 24, 1.0);
+        let db = random(d.out_channels, 25, 1.0);
+        let acts: Vec<_> = [None].into_iter().chain(Activation::ALL.map(Some)).collect();
+        let want_macs = (
+            (e.out_channels * e.in_h * e.in_w * e.in_channels) as u64,
+            (d.out_channels * d.out_h * d.out_w * d.kernel_h * d.kernel_w) as u64,
+        );
+        with_pools(|setup| {
+            for (i, &eact) in acts.iter().enumerate() {
+                for dact in [acts[i], acts[(i + 1) % acts.len()]] {
+                    let mut hidden = vec![f32::NAN; e.out_channels * e.out_h * e.out_w];
+                    let mut want = vec![f32::NAN; d.out_channels * d.out_h * d.out_w];
+                    conv2d(&x, &ew, Some(&eb), &e, eact, &mut hidden);
+                    conv2d(&hidden, &dw, Some(&db), &d, dact, &mut want);
+                    let mut got = vec![f32::NAN; want.len()];
+                    let macs = expand_depthwise(&x, &e, &ew, &eb, eact, &d, &dw, &db, dact, &mut got);
+                    let what = format!("{e:?} {d:?} acts {eact:?} {dact:?} {setup}");
+                    assert_close(&got, &want, &what);
+                    assert_eq!(macs, want_macs, "{what}");
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn matches_unfused_on_odd_sizes() {
+        for (k, s) in [(3, 1), (3, 2), (5, 1), (5, 2), (7, 1), (7, 2)] {
+            for (h, w) in [(7, 11), (1, 1), (13, 37), (2, 3), (8, 4)] {
+                for (cin, ratio) in [(3, 1), (4, 2), (5, 3), (2, 4), (3, 5), (4, 6)] {
+                    check(pair(cin, cin * ratio, h, w, k, s));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn matches_unfused_across_many_bands() {
+        // Several bands per piece (the scratch budget is exceeded), held rows moved between bands.
+        check(pair(16, 64, 33, 65, 3, 2));
+        check(pair(24, 72, 33, 65, 5, 1));
+        check(pair(8, 48, 40, 70, 5, 2));
+        check(pair(16, 64, 256, 256, 3, 2));
+    }
+
+    #[test]
+    fn support_is_limited_to_what_fuses() {
+        let (e, d) = pair(4, 8, 8, 8, 3, 2);
+        // 8 rows, 3×3 stride 2 with padding 1: the last window reaches row 7.
+        assert!(supports_expand_depthwise(&e, &d));
+        // Without padding row 7 is never read: not fused (the MAC count would not be exact).
+        let unpadded = Conv2dDims { pad_h: 0, pad_w: 0, out_h: 3, out_w: 3, ..d };
+        assert!(!supports_expand_depthwise(&e, &unpadded));
+        let (e4, d4) = pair(4, 8, 8, 8, 4, 1);
+        assert!(!supports_expand_depthwise(&e4, &d4), "even kernel");
+        let (e1, d1) = pair(4, 8, 8, 8, 1, 1);
+        assert!(!supports_expand_depthwise(&e1, &d1), "1×1 depthwise");
+        let strided = Conv2dDims { stride_h: 2, stride_w: 2, out_h: 4, out_w: 4, ..e };
+        assert!(!supports_expand_depthwise(&strided, &d), "strided expand");
+    }
+
+    #[test]
+    fn unsupported_pairs_fall_back_to_unfused() {
+        let (e, d) = pair(3, 6, 8, 9, 3, 2);
+        let d = Conv2dDims { pad_h: 0, pad_w: 0, out_h: 3, out_w: 4, ..d };
+        assert!(!supports_expand_depthwise(&e, &d));
+        let x = random(3 * 8 * 9, 1, 1.0);
+        let (ew, eb, dw, db) = (random(18, 2, 1.0), random(6, 3, 1.0), random(54, 4, 1.0), random(6, 5, 1.0));
+        let mut hidden = vec![0.0; 6 * 8 * 9];
+        let mut want = vec![0.0; 6 * 3 * 4];
+        let want_macs = (
+            conv2d(&x, &ew, Some(&eb), &e, Some(Activation::Relu6), &mut hidden),
+            conv2d(&hidden, &dw, Some(&db), &d, None, &mut want),
+        );
+        let mut got = vec![f32::NAN; want.len()];
+        let macs = expand_depthwise(&x, &e, &ew, &eb, Some(Activation::Relu6), &d, &dw, &db, None, &mut got);
+        assert_close(&got, &want, "fallback");
+        assert_eq!(macs, want_macs);
+    }
+}
