@@ -2,6 +2,7 @@
 //! activations fused into their output pass, buffers recycled as soon as their last reader has run,
 //! and the multiply-accumulates each node really performed counted.
 
+use super::kernels;
 use super::params::NodeParams;
 use crate::error::{Error, Result};
 use crate::graph::Graph;
@@ -27,6 +28,9 @@ struct ConvChain {
 enum Work {
     /// Runs a conv chain.
     Conv(ConvChain),
+    /// A pointwise expand chain and the depthwise chain that alone reads it, fused so the expanded map stays in
+    /// cache.
+    ExpandDepthwise(ConvChain, ConvChain),
     /// Runs the node's op with its float params.
     Op(Vec<Vec<f32>>),
     /// `other + resize(x)`: a bilinear resize whose only reader is an add, run at the add's place and
@@ -165,6 +169,28 @@ impl<'g> Executor<'g> {
                     buffers[out_index.index()] = Some(out);
                     performed
                 }
+                Work::ExpandDepthwise(expand, dw) => {
+                    let mut out = take_buffer(&mut free, out_len);
+                    let x = buffers[first.inputs[0].index()].as_deref().unwrap_or_default();
+                    let hidden = &g.node(expand.nodes[0]).shape;
+                    let expand_dims = expand.conv.dims(&g.node(first.inputs[0]).shape, hidden);
+                    let dw_dims = dw.conv.dims(hidden, &g.node(dw.nodes[0]).shape);
+                    let (expand_macs, dw_macs) = kernels::expand_depthwise(
+                        x,
+                        &expand_dims,
+                        &expand.params[0],
+                        &expand.params[1],
+                        expand.act,
+                        &dw_dims,
+                        &dw.params[0],
+                        &dw.params[1],
+                        dw.act,
+                        &mut out,
+                    );
+                    buffers[out_index.index()] = Some(out);
+                    macs[dw.nodes[0].index()] = dw_macs;
+                    expand_macs
+                }
                 Work::Op(params) => {
                     let shapes: Vec<_> = first.inputs.iter().map(|i| &g.node(*i).shape).collect();
                     let param_refs: Vec<&[f32]> = params.iter().map(Vec::as_slice).collect();
@@ -252,7 +278,15 @@ fn plan(graph: &Graph, params: NodeParams) -> Vec<Step> {
             Step { nodes: vec![resize, i], reads: vec![source, other], work: Work::ResizeAdd { other } }
         } else if let Op::Conv2d(conv) = &node.op {
             let chain = planner.conv_chain(i, conv.clone());
-            Step { nodes: chain.nodes.clone(), reads: node.inputs.clone(), work: Work::Conv(chain) }
+            let reads = node.inputs.clone();
+            match planner.fusable_depthwise(&chain) {
+                Some((dw_index, dw_conv)) => {
+                    let dw = planner.conv_chain(dw_index, dw_conv);
+                    let nodes = chain.nodes.iter().chain(&dw.nodes).copied().collect();
+                    Step { nodes, reads, work: Work::ExpandDepthwise(chain, dw) }
+                }
+                None => Step { nodes: chain.nodes.clone(), reads, work: Work::Conv(chain) },
+            }
         } else {
             Step { nodes: vec![i], reads: node.inputs.clone(), work: Work::Op(planner.take_params(i)) }
         };
@@ -292,6 +326,18 @@ impl<'g> Planner<'g> {
 
     fn take_params(&mut self, i: NodeIndex) -> Vec<Vec<f32>> {
         std::mem::take(&mut self.params[i.index()])
+    }
+
+    /// The depthwise conv that alone reads a pointwise chain's output, when the fused kernel supports the pair.
+    fn fusable_depthwise(&self, chain: &ConvChain) -> Option<(NodeIndex, Conv2d)> {
+        let tail = *chain.nodes.last()?;
+        let reader = self.sole_reader(tail)?;
+        let Op::Conv2d(dw) = &self.graph.node(reader).op else { return None };
+        let input = &self.graph.node(self.graph.node(chain.nodes[0]).inputs[0]).shape;
+        let hidden = &self.graph.node(chain.nodes[0]).shape;
+        let expand_dims = chain.conv.dims(input, hidden);
+        let dw_dims = dw.dims(hidden, &self.graph.node(reader).shape);
+        kernels::supports_expand_depthwise(&expand_dims, &dw_dims).then(|| (reader, dw.clone()))
     }
 
     /// The conv at `i` with the BatchNorm and activation it can absorb, marked absorbed.
