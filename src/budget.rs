@@ -3,11 +3,10 @@
 
 use crate::cost::{Convention, Profile};
 use crate::error::{Error, Result};
-use crate::graph::compile;
 use crate::report::format::{percent, thousands};
 use crate::report::rows::Rows;
 use crate::report::table::terminal_table;
-use crate::spec::{load_embedded, load_file, parse_resolution, parse_toml_document};
+use crate::spec::{load_reference, parse_resolution, Document};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -83,32 +82,33 @@ impl Verdict {
     }
 }
 
-/// Reads a budgets file, naming the file and line of any error.
-pub fn read_budgets(path: &Path) -> Result<Budgets> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let budgets: Budgets = parse_toml_document(&path.display().to_string(), &text)?;
-    for b in &budgets.budget {
-        let limits = b.stages.values().flat_map(|l| [l.max_flops, l.max_params]);
-        let bad = [b.max_flops, b.max_params].into_iter().chain(limits).flatten().any(|v| !(v.is_finite() && v >= 0.0));
-        if bad || !(b.tolerance.is_finite() && b.tolerance >= 0.0) {
-            return Err(Error::input(format!(
-                "{}: budget for {}: limits and tolerance must be non-negative numbers",
-                path.display(),
-                b.spec
-            )));
+/// Reads a budgets file; every later error about it names the file and line.
+pub fn read_budgets(path: &Path) -> Result<(Budgets, Document)> {
+    let (budgets, doc): (Budgets, Document) = Document::read(path)?;
+    for (i, b) in budgets.budget.iter().enumerate() {
+        let mut limits = vec![("max_flops".to_string(), b.max_flops), ("max_params".to_string(), b.max_params)];
+        for (stage, l) in &b.stages {
+            limits.push((format!("stages.{stage}.max_flops"), l.max_flops));
+            limits.push((format!("stages.{stage}.max_params"), l.max_params));
+        }
+        limits.push(("tolerance".into(), Some(b.tolerance)));
+        for (key, value) in limits {
+            if let Some(v) = value.filter(|v| !(v.is_finite() && *v >= 0.0)) {
+                return Err(doc.error(&format!("budget[{i}].{key}"), format!("{v} is not a non-negative number")));
+            }
         }
     }
-    Ok(budgets)
+    Ok((budgets, doc))
 }
 
 /// Profiles every entry and compares it with its limits.
-pub fn evaluate(budgets: &Budgets, base_dir: &Path) -> Result<Vec<Verdict>> {
+pub fn evaluate(budgets: &Budgets, doc: &Document) -> Result<Vec<Verdict>> {
     let mut verdicts = Vec::new();
-    for b in &budgets.budget {
-        let loaded =
-            if b.spec.ends_with(".toml") { load_file(&base_dir.join(&b.spec))? } else { load_embedded(&b.spec)? };
-        let (h, w) = parse_resolution(&b.res)?;
-        let graph = compile(&loaded.spec, h, w)?;
+    for (i, b) in budgets.budget.iter().enumerate() {
+        let at = |key: &str, e: Error| doc.error(&format!("budget[{i}].{key}"), e);
+        let loaded = load_reference(&b.spec, doc.dir()).map_err(|e| at("spec", e))?;
+        let (h, w) = parse_resolution(&b.res).map_err(|e| at("res", e))?;
+        let graph = loaded.compile(h, w).map_err(|e| at("spec", e))?;
         let profile = Profile::new(&graph, &loaded.spec)?;
         let convention = b.convention;
         let entry = format!("{}@{}x{} {}", loaded.spec.name, h, w, convention.name());
@@ -128,10 +128,11 @@ pub fn evaluate(budgets: &Budgets, base_dir: &Path) -> Result<Vec<Verdict>> {
         check("total", "flops", profile.flops(convention), b.max_flops);
         check("total", "params", profile.params, b.max_params);
         for (stage, limits) in &b.stages {
-            let group = profile.stages.iter().find(|g| &g.name == stage).ok_or_else(|| {
+            let Some(group) = profile.stages.iter().find(|g| &g.name == stage) else {
                 let known: Vec<_> = profile.stages.iter().map(|g| g.name.as_str()).collect();
-                Error::input(format!("budget for {}: no stage '{stage}' (stages: {})", b.spec, known.join(", ")))
-            })?;
+                let message = format!("{} has no stage '{stage}' (stages: {})", loaded.spec.name, known.join(", "));
+                return Err(doc.error(&format!("budget[{i}].stages.{stage}"), message));
+            };
             check(stage, "flops", group.cost.get(convention), limits.max_flops);
             check(stage, "params", group.params, limits.max_params);
         }

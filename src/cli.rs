@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::exec::image_io::{palette, write_class_map_png};
 use crate::exec::weights::{read_tensors, write_safetensors};
 use crate::exec::{argmax_resized, read_input, Executor, NodeParams};
-use crate::graph::{compile, Graph};
+use crate::graph::Graph;
 use crate::report::document::write_report;
 use crate::report::json::profile_json;
 use crate::report::table::{render_profile, Style};
@@ -14,6 +14,7 @@ use crate::report::timing::render_timing;
 use crate::report::Depth;
 use crate::spec::{embedded_specs, load_embedded, load_file, parse_resolution, LoadedSpec, Task};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -78,8 +79,8 @@ impl From<String> for Outcome {
 }
 
 fn check(args: &CheckArgs) -> Result<Outcome> {
-    let budgets = budget::read_budgets(&args.budgets)?;
-    let verdicts = budget::evaluate(&budgets, args.budgets.parent().unwrap_or(std::path::Path::new(".")))?;
+    let (budgets, doc) = budget::read_budgets(&args.budgets)?;
+    let verdicts = budget::evaluate(&budgets, &doc)?;
     let stdout = match args.format {
         CheckFormat::Table => budget::render_table(&verdicts),
         CheckFormat::Json => {
@@ -139,13 +140,9 @@ impl SpecArgs {
             (None, None) => "512".into(),
         };
         let (h, w) = parse_resolution(&res)?;
-        let graph = compile_at(&loaded, h, w)?;
+        let graph = loaded.compile(h, w)?;
         Ok((loaded, graph))
     }
-}
-
-fn compile_at(loaded: &LoadedSpec, h: usize, w: usize) -> Result<Graph> {
-    compile(&loaded.spec, h, w).map_err(|e| Error::input(format!("{}: {e}", loaded.origin)))
 }
 
 #[derive(Args, Debug)]
@@ -200,7 +197,7 @@ fn forward(args: &ForwardArgs) -> Result<String> {
         return Err(Error::input("--dump-intermediates needs a .safetensors output"));
     }
     let (input, h, w) = read_input(&args.input, args.spec.resolution()?)?;
-    let graph = compile_at(&loaded, h, w)?;
+    let graph = loaded.compile(h, w)?;
     let params = match &args.weights {
         Some(path) => NodeParams::from_tensors(&graph, read_tensors(path)?, &path.display().to_string())?,
         None => NodeParams::random(&graph, args.seed),
@@ -314,7 +311,15 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(outcome) => {
-            print!("{}", outcome.stdout);
+            // A reader that closed the pipe early (`| head`) has all it wants; any other write error is reported.
+            let mut stdout = std::io::stdout().lock();
+            match stdout.write_all(outcome.stdout.as_bytes()).and_then(|()| stdout.flush()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    eprintln!("error: writing to standard output: {e}");
+                    return ExitCode::from(2);
+                }
+                _ => {}
+            }
             for failure in &outcome.failures {
                 eprintln!("{failure}");
             }

@@ -49,6 +49,15 @@ fn tight_budget_fails_naming_entry_stage_and_excess() {
 }
 
 #[test]
+fn a_budget_may_name_a_spec_file_beside_it() {
+    let path = write_budgets("file", "[[budget]]\nspec = \"mine\"\nres = \"64\"\nmax_params = 1.0\n");
+    std::fs::write(path.with_file_name("mine.toml"), "extends = \"topformer-tiny\"\n").unwrap();
+    let out = check(path.to_str().unwrap(), &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mine@64x64 paper total params"));
+}
+
+#[test]
 fn tolerance_widens_every_limit_of_an_entry() {
     let text = "[[budget]]\nspec = \"topformer-base\"\nres = \"512\"\nmax_flops = 1.8e9\ntolerance = 0.01\n";
     let out = check(write_budgets("tolerance", text).to_str().unwrap(), &[]);
@@ -75,6 +84,7 @@ fn malformed_budgets_exit_2_with_file_and_line() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{test}: {err}");
         assert!(err.contains(needle), "{test}: {err}");
+        assert!(err.contains("budgets.toml:"), "{test}: names the budgets file: {err}");
     }
     assert_eq!(check("no/such/budgets.toml", &[]).status.code(), Some(2));
 }

@@ -127,6 +127,8 @@ fn a_user_spec_extends_an_embedded_one() {
     assert_eq!(json["spec"], "wide");
     // 129 fewer classes · (128 weights + 1 bias) fewer params than Tiny.
     assert_eq!(json["params"], 1_389_654 - 129 * 129);
+    // Tiny's published figures describe Tiny, not this network.
+    assert_eq!(json["published"], serde_json::json!([]));
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -186,10 +188,40 @@ fn extends_cycle_is_reported() {
     let dir = scratch("cycle");
     std::fs::write(dir.join("a.toml"), "extends = \"b\"\n").unwrap();
     std::fs::write(dir.join("b.toml"), "extends = \"a\"\n").unwrap();
-    let out = toparch(&["profile", "--spec", dir.join("a.toml").to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("cycle"), "{}", stderr(&out));
+    // The same file under another spelling is the same spec.
+    let name = dir.file_name().unwrap().to_str().unwrap().to_string();
+    std::fs::write(dir.join("self.toml"), format!("extends = \"../{name}/self\"\n")).unwrap();
+    for spec in ["a.toml", "self.toml"] {
+        let out = toparch(&["profile", "--spec", dir.join(spec).to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(stderr(&out).contains("cycle"), "{}", stderr(&out));
+    }
     std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn published_figures_belong_to_their_own_network() {
+    // --classes changes the network: the paper's figures no longer apply.
+    let out = toparch(&["profile", "-v", "tiny", "--classes", "1000", "-f", "json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["published"], serde_json::json!([]));
+    let same = toparch(&["profile", "-v", "tiny", "--classes", "150", "-f", "json"]);
+    let json: serde_json::Value = serde_json::from_slice(&same.stdout).unwrap();
+    assert_eq!(json["published"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn a_closed_stdout_is_not_an_error() {
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_toparch"))
+        .args(["profile", "-v", "base", "-d", "layer", "-f", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
 
 #[test]

@@ -164,5 +164,17 @@ fn bad_weights_and_inputs_exit_2_without_output() {
     }
     let bad_ext = toparch(&["forward", "-v", "tiny", "--input", &micro_io, "--output", "out.txt"]);
     assert_eq!(bad_ext.status.code(), Some(2));
+    // A write that fails at the last step (the output name is a directory) leaves no temporary file behind.
+    let blocked = dir.join("blocked.safetensors");
+    std::fs::create_dir_all(&blocked).unwrap();
+    let spec = fixture("topformer-micro.toml");
+    let out = toparch(&["forward", "--spec", &spec, "--input", &micro_io, "--output", blocked.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
     std::fs::remove_dir_all(dir).ok();
 }

@@ -45,6 +45,15 @@ impl Cost {
         Cost { paper: count, fvcore: count, macs: count }
     }
 
+    /// The sum, or `None` if a count overflows.
+    pub fn checked_add(self, other: Cost) -> Option<Cost> {
+        Some(Cost {
+            paper: self.paper.checked_add(other.paper)?,
+            fvcore: self.fvcore.checked_add(other.fvcore)?,
+            macs: self.macs.checked_add(other.macs)?,
+        })
+    }
+
     /// The count under `convention`.
     pub fn get(self, convention: Convention) -> u64 {
         match convention {

@@ -5,7 +5,7 @@ use super::{Convention, Cost};
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Stage};
 use crate::ops::{numel, Op, ParamKind};
-use crate::spec::{parse_resolution, PublishedFigure, Rounding, Spec};
+use crate::spec::{parse_resolution, PublishedFigure, PublishedValue, Rounding, Spec};
 use serde::Serialize;
 
 /// Params and cost of a group of nodes (a stage or a block).
@@ -164,24 +164,15 @@ fn compare_figure(figure: &PublishedFigure, params: u64, flops: u64) -> Result<V
 /// Rounds `value` to the unit and decimals of a published figure such as `1.2G` or `126M`, and says whether
 /// that gives the published number.
 pub fn round_like(published: &str, value: u64, rounding: Rounding) -> Result<(String, bool)> {
-    let bad = || Error::input(format!("published figure '{published}' is not a number with a K/M/G suffix"));
-    let (number, unit) = published.split_at(published.len().saturating_sub(1));
-    let scale = match unit {
-        "K" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        _ => return Err(bad()),
-    };
-    let expected: f64 = number.parse().map_err(|_| bad())?;
-    let decimals = number.split_once('.').map_or(0, |(_, d)| d.len());
-    let factor = 10f64.powi(decimals as i32);
-    let scaled = value as f64 / scale * factor;
+    let figure = PublishedValue::parse(published).map_err(Error::input)?;
+    let factor = 10f64.powi(figure.decimals as i32);
+    let scaled = value as f64 / figure.scale * factor;
     let rounded = match rounding {
         Rounding::Nearest => scaled.round(),
         Rounding::Truncate => scaled.trunc(),
     } / factor;
-    let text = format!("{rounded:.decimals$}{unit}");
-    Ok((text, (rounded - expected).abs() < 0.5 / factor))
+    let text = format!("{rounded:.decimals$}{}", figure.unit, decimals = figure.decimals);
+    Ok((text, (rounded - figure.value).abs() < 0.5 / factor))
 }
 
 #[cfg(test)]

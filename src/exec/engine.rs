@@ -97,11 +97,6 @@ impl<'g> Executor<'g> {
         Ok(Executor { graph, steps: plan(graph, params), pool, spare: Default::default() })
     }
 
-    /// The graph being run.
-    pub fn graph(&self) -> &Graph {
-        self.graph
-    }
-
     /// Runs the graph on `input` (NCHW data of the graph's input shape) up to and including node `until`,
     /// keeping the outputs of `keep` (which must not come after `until`).
     pub fn run(&self, input: &[f32], until: NodeIndex, keep: &[NodeIndex]) -> Result<RunOutput> {

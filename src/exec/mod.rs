@@ -11,15 +11,24 @@ pub use engine::{Executor, RunOutput, StepStat};
 pub use params::NodeParams;
 
 use crate::error::{Error, Result};
+use crate::spec::MAX_SIDE;
 use std::path::Path;
 
 /// Reads a network input: a safetensors file holding `input` [1, 3, H, W] (already normalised), or a PNG/JPEG
 /// image normalised as mmseg does (resized to `res` first if given). Returns NCHW data and (H, W).
 pub fn read_input(path: &Path, res: Option<(usize, usize)>) -> Result<(Vec<f32>, usize, usize)> {
     let is_tensor_file = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
-    if !is_tensor_file {
-        return image_io::read_image(path, res);
+    let (data, h, w) = if is_tensor_file { read_tensor_input(path, res)? } else { image_io::read_image(path, res)? };
+    if h > MAX_SIDE || w > MAX_SIDE {
+        return Err(Error::input(format!(
+            "{}: input is {h}x{w}; sides up to {MAX_SIDE} are supported",
+            path.display()
+        )));
     }
+    Ok((data, h, w))
+}
+
+fn read_tensor_input(path: &Path, res: Option<(usize, usize)>) -> Result<(Vec<f32>, usize, usize)> {
     let mut tensors = weights::read_tensors(path)?;
     let tensor =
         tensors.remove("input").ok_or_else(|| Error::input(format!("{}: no tensor named 'input'", path.display())))?;

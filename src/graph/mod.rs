@@ -13,6 +13,10 @@ use crate::ops::{numel, Op, ParamDecl, ParamKind, Shape};
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde::Serialize;
 
+/// Largest tensor the graph accepts (2^36 elements, 256 GiB of f32): with the spec's size limits, every op's
+/// cost then fits in 64 bits, and the running total is checked.
+pub const MAX_ELEMENTS: u64 = 1 << 36;
+
 /// The top-level part of the network a node belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -89,6 +93,7 @@ pub struct Graph {
     graph: DiGraph<Node, usize>,
     scope: (Stage, String),
     taps: Vec<(String, NodeIndex)>,
+    total: Cost,
 }
 
 impl Graph {
@@ -106,7 +111,8 @@ impl Graph {
             params: vec![],
         };
         graph.add_node(input);
-        Graph { spec_name: spec_name.into(), graph, scope: (Stage::TokenPyramid, "input".into()), taps: vec![] }
+        let scope = (Stage::TokenPyramid, "input".into());
+        Graph { spec_name: spec_name.into(), graph, scope, taps: vec![], total: Cost::default() }
     }
 
     /// The input node.
@@ -125,7 +131,15 @@ impl Graph {
         let name = name.into();
         let shapes: Vec<&Shape> = inputs.iter().map(|&i| &self.graph[i].shape).collect();
         let shape = op.infer_shape(&shapes).map_err(|e| Error::input(format!("layer {name}: {e}")))?;
+        let elements = shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64)).filter(|&n| n <= MAX_ELEMENTS);
+        if elements.is_none() {
+            return Err(Error::input(format!("layer {name}: output {shape:?} is larger than {MAX_ELEMENTS} elements")));
+        }
         let cost = op.cost(&shapes, &shape);
+        self.total = self
+            .total
+            .checked_add(cost)
+            .ok_or_else(|| Error::input(format!("layer {name}: the network's cost no longer fits in 64 bits")))?;
         let params = op
             .params()
             .into_iter()
@@ -187,7 +201,7 @@ impl Graph {
 
     /// Total cost of all nodes.
     pub fn total_cost(&self) -> Cost {
-        self.nodes().map(|(_, n)| n.cost).sum()
+        self.total
     }
 
     /// Total learnable parameters.
@@ -198,11 +212,6 @@ impl Graph {
     /// Every tensor in the graph (parameters and buffers), in node order.
     pub fn params(&self) -> impl Iterator<Item = &Param> {
         self.nodes().flat_map(|(_, n)| n.params.iter())
-    }
-
-    /// Number of nodes that consume `index`'s output.
-    pub fn consumers(&self, index: NodeIndex) -> usize {
-        self.graph.neighbors_directed(index, petgraph::Direction::Outgoing).count()
     }
 
     /// The graph in Graphviz DOT, one box per op with its shape and cost, clustered by block.

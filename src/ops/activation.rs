@@ -1,7 +1,6 @@
 //! Pointwise activations: ReLU, ReLU6, h_sigmoid and h_swish.
 
 use crate::cost::Cost;
-use crate::error::{Error, Result};
 
 /// A pointwise activation function, named as in specs (`relu`, `relu6`, `hsigmoid`, `hswish`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -29,14 +28,6 @@ impl Activation {
             Activation::Hsigmoid => "hsigmoid",
             Activation::Hswish => "hswish",
         }
-    }
-
-    /// Parses a spec name; the error lists the accepted names.
-    pub fn parse(name: &str) -> Result<Self> {
-        Self::ALL.into_iter().find(|a| a.name() == name).ok_or_else(|| {
-            let known: Vec<_> = Self::ALL.iter().map(|a| a.name()).collect();
-            Error::input(format!("unknown activation '{name}' (expected one of: {})", known.join(", ")))
-        })
     }
 
     /// Applies the activation to one value.
@@ -88,11 +79,5 @@ mod tests {
         assert_eq!(Activation::Hsigmoid.cost(10).paper, 10);
         assert_eq!(Activation::Hswish.cost(10).paper, 0);
         assert_eq!(Activation::Relu.cost(10).fvcore, 0);
-    }
-
-    #[test]
-    fn unknown_name_lists_choices() {
-        let err = Activation::parse("gelu").unwrap_err().to_string();
-        assert!(err.contains("gelu") && err.contains("relu6"), "{err}");
     }
 }

@@ -139,10 +139,12 @@ pub fn build_report() -> Result<Vec<ReportFile>> {
     Ok(files)
 }
 
-/// Writes the report into `dir` (created if needed), each file atomically; returns the paths written.
+/// Writes the report into `dir` (created if needed), each file atomically, after every file has been built;
+/// returns the paths written.
 pub fn write_report(dir: &Path) -> Result<Vec<PathBuf>> {
+    let files = build_report()?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    build_report()?
+    files
         .into_iter()
         .map(|f| {
             let path = dir.join(&f.name);

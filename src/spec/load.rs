@@ -42,21 +42,30 @@ pub struct LoadedSpec {
     pub origin: String,
 }
 
+impl LoadedSpec {
+    /// Compiles the spec for an `height`×`width` input; an error names the spec's file.
+    pub fn compile(&self, height: usize, width: usize) -> Result<crate::graph::Graph> {
+        crate::graph::compile(&self.spec, height, width).map_err(|e| Error::input(format!("{}: {e}", self.origin)))
+    }
+}
+
 /// One document of an `extends` chain.
 struct Source {
     origin: String,
+    /// What makes two sources the same document: the canonical path of a file, or the embedded name.
+    identity: PathBuf,
     table: toml::Table,
     locator: Locator,
     dir: Option<PathBuf>,
 }
 
 impl Source {
-    fn parse(origin: String, text: &str, dir: Option<PathBuf>) -> Result<Self> {
+    fn parse(origin: String, identity: PathBuf, text: &str, dir: Option<PathBuf>) -> Result<Self> {
         let table: toml::Table = toml::from_str(text).map_err(|e| {
             let at = e.span().map(|s| format!(":{}", text[..s.start].matches('\n').count() + 1)).unwrap_or_default();
             Error::input(format!("{origin}{at}: invalid TOML: {}", e.message()))
         })?;
-        Ok(Source { origin, table, locator: Locator::new(text), dir })
+        Ok(Source { origin, identity, table, locator: Locator::new(text), dir })
     }
 
     fn extends(&self) -> Result<Option<String>> {
@@ -93,12 +102,29 @@ fn embedded_source(name: &str) -> Result<Source> {
         let names: Vec<_> = embedded_specs().iter().map(|s| s.name).collect();
         Error::input(format!("unknown variant '{name}' (known: {}; or pass --spec FILE)", names.join(", ")))
     })?;
-    Source::parse(format!("specs/{}.toml", spec.name), spec.text, None)
+    let origin = format!("specs/{}.toml", spec.name);
+    Source::parse(origin.clone(), PathBuf::from(origin), spec.text, None)
 }
 
 fn file_source(path: &Path) -> Result<Source> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    Source::parse(path.display().to_string(), &text, path.parent().map(Path::to_path_buf))
+    let identity = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
+    Source::parse(path.display().to_string(), identity, &text, path.parent().map(Path::to_path_buf))
+}
+
+/// The spec file `name` names beside `dir` (as written, or with `.toml` added), if there is one.
+fn file_beside(dir: &Path, name: &str) -> Option<PathBuf> {
+    let path = dir.join(name);
+    let with_ext = path.with_extension("toml");
+    [path, with_ext].into_iter().find(|p| p.is_file())
+}
+
+/// Loads the spec a reference names: a spec file beside `dir` if one exists, else an embedded spec.
+pub fn load_reference(name: &str, dir: &Path) -> Result<LoadedSpec> {
+    match file_beside(dir, name) {
+        Some(file) => load_file(&file),
+        None => load_embedded(name),
+    }
 }
 
 /// Follows `extends` from `child` to the root, merges root-first, deserialises and validates.
@@ -106,16 +132,12 @@ fn resolve(child: Source) -> Result<LoadedSpec> {
     let mut chain = vec![child];
     while let Some(parent) = chain.last().map(Source::extends).transpose()?.flatten() {
         let current = chain.last().expect("chain is never empty");
-        let beside = current.dir.as_ref().map(|d| d.join(&parent)).into_iter().flat_map(|p| {
-            let with_ext = p.with_extension("toml");
-            [p, with_ext]
-        });
-        let source = match beside.into_iter().find(|p| p.is_file()) {
+        let source = match current.dir.as_deref().and_then(|d| file_beside(d, &parent)) {
             Some(file) => file_source(&file)?,
             None if find_embedded(&parent).is_some() => embedded_source(&parent)?,
             None => return Err(current.error("extends", format!("no spec named '{parent}'"))),
         };
-        if chain.iter().any(|s| s.origin == source.origin) {
+        if chain.iter().any(|s| s.identity == source.identity) {
             let cycle: Vec<_> = chain.iter().map(|s| s.origin.as_str()).chain([source.origin.as_str()]).collect();
             return Err(chain[0].error("extends", format!("cycle: {}", cycle.join(" → "))));
         }
@@ -145,8 +167,11 @@ fn resolve(child: Source) -> Result<LoadedSpec> {
 }
 
 /// Deep-merges `child` over `parent`. The task sections are alternatives: a child that writes `[classifier]`
-/// drops the parent's `[injection]` and `[head]`, and vice versa.
+/// drops the parent's `[injection]` and `[head]`, and vice versa. A spec's description and published figures
+/// describe that network only, so they are never inherited.
 fn merge_spec(parent: &mut toml::Table, child: &toml::Table) {
+    parent.remove("description");
+    parent.remove("published");
     if child.contains_key("classifier") {
         parent.remove("injection");
         parent.remove("head");
@@ -193,13 +218,33 @@ pub fn parse_resolution(text: &str) -> Result<(usize, usize)> {
     }
 }
 
-/// Deserialises a standalone TOML document into `T`, naming the file, line and key on error.
-pub fn parse_toml_document<T: for<'de> Deserialize<'de>>(origin: &str, text: &str) -> Result<T> {
-    let source = Source::parse(origin.to_string(), text, None)?;
-    serde_path_to_error::deserialize(toml::Value::Table(source.table.clone())).map_err(|e| {
-        let key = e.path().to_string();
-        source.error(&key, first_line(&e.inner().to_string()))
-    })
+/// A TOML document other than a spec (a budgets file), kept so later errors can name its lines.
+pub struct Document {
+    source: Source,
+}
+
+impl Document {
+    /// Reads `path` and deserialises it into `T`, naming the file, line and key on error.
+    pub fn read<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<(T, Document)> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let identity = path.to_path_buf();
+        let source = Source::parse(path.display().to_string(), identity, &text, path.parent().map(Path::to_path_buf))?;
+        let value = serde_path_to_error::deserialize(toml::Value::Table(source.table.clone())).map_err(|e| {
+            let key = e.path().to_string();
+            source.error(&key, first_line(&e.inner().to_string()))
+        })?;
+        Ok((value, Document { source }))
+    }
+
+    /// An error at `key` (e.g. `budget[1].res`), naming the file and the key's line.
+    pub fn error(&self, key: &str, message: impl std::fmt::Display) -> Error {
+        self.source.error(key, message)
+    }
+
+    /// The directory the document is in, against which it names other files.
+    pub fn dir(&self) -> &Path {
+        self.source.dir.as_deref().unwrap_or(Path::new("."))
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@ mod load;
 mod locate;
 
 pub use load::{
-    embedded_specs, load_embedded, load_file, parse_resolution, parse_toml_document, EmbeddedSpec, LoadedSpec,
+    embedded_specs, load_embedded, load_file, load_reference, parse_resolution, Document, EmbeddedSpec, LoadedSpec,
+    MAX_SIDE,
 };
 
 use crate::ops::Activation;
@@ -186,6 +187,37 @@ pub struct PublishedFigure {
     pub source: String,
 }
 
+/// A published number as printed: `1.2G` is 1.2 with scale 1e9, unit `G` and one decimal.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PublishedValue {
+    /// The number before the unit.
+    pub value: f64,
+    /// What the unit multiplies by.
+    pub scale: f64,
+    /// The unit letter: `K`, `M` or `G`.
+    pub unit: char,
+    /// Decimals printed.
+    pub decimals: usize,
+}
+
+impl PublishedValue {
+    /// Parses `1.2G`, `126M`, `3.11M`, `512K`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = || format!("'{text}' is not a published figure such as 1.2G, 3.1M or 512K");
+        let unit = text.chars().last().ok_or_else(bad)?;
+        let scale = match unit {
+            'K' => 1e3,
+            'M' => 1e6,
+            'G' => 1e9,
+            _ => return Err(bad()),
+        };
+        let number = &text[..text.len() - unit.len_utf8()];
+        let value: f64 = number.parse().ok().filter(|v: &f64| v.is_finite() && *v >= 0.0).ok_or_else(bad)?;
+        let decimals = number.split_once('.').map_or(0, |(_, d)| d.len());
+        Ok(PublishedValue { value, scale, unit, decimals })
+    }
+}
+
 /// Rounds channels as the official TopFormer code does (`_make_divisible(v, 8)`).
 pub fn make_divisible(v: usize, divisor: usize) -> usize {
     let rounded = ((v + divisor / 2) / divisor * divisor).max(divisor);
@@ -212,8 +244,8 @@ pub enum Task {
     Classification,
 }
 
-/// Largest width, depth or class count a spec may ask for: far beyond any mobile network, small enough that
-/// no count can overflow.
+/// Largest width (written or derived), depth or class count a spec may ask for: far beyond any mobile network;
+/// with [`crate::graph::MAX_ELEMENTS`] it keeps every count within 64 bits.
 pub const MAX_SIZE: usize = 1 << 16;
 /// Largest expansion or MLP ratio.
 pub const MAX_RATIO: f64 = 64.0;
@@ -241,16 +273,41 @@ impl Spec {
         if let Some((key, value)) = sizes.into_iter().find(|&(_, v)| v > MAX_SIZE) {
             return Err((key, format!("{value} is larger than the supported {MAX_SIZE}")));
         }
+        let mut channels = tp.stem_channels;
         for (i, b) in tp.blocks.iter().enumerate() {
+            let key = format!("token_pyramid.blocks[{i}]");
             if b.kernel() > MAX_KERNEL || b.expand() > MAX_RATIO {
                 let msg = format!("kernel at most {MAX_KERNEL} and expand ratio at most {MAX_RATIO}");
-                return Err((format!("token_pyramid.blocks[{i}]"), msg));
+                return Err((key, msg));
             }
+            let hidden = round_half_even(channels as f64 * b.expand());
+            if hidden == 0 || hidden > MAX_SIZE {
+                return Err((
+                    key,
+                    format!("hidden width {channels}·{} = {hidden} must be from 1 to {MAX_SIZE}", b.expand()),
+                ));
+            }
+            channels = make_divisible(b.out(), 8);
+        }
+        let dim = self.token_dim();
+        let derived = [
+            ("num_heads", se.num_heads * se.key_dim),
+            ("attn_ratio", se.num_heads * (se.attn_ratio * se.key_dim as f64) as usize),
+            ("mlp_ratio", (se.mlp_ratio * dim as f64) as usize),
+        ];
+        if dim > MAX_SIZE {
+            return Err(("token_pyramid.channels".into(), format!("the token dim {dim} is larger than {MAX_SIZE}")));
         }
         for (key, ratio) in [("attn_ratio", se.attn_ratio), ("mlp_ratio", se.mlp_ratio)] {
             if ratio > MAX_RATIO {
                 return Err((format!("semantics_extractor.{key}"), format!("{ratio} is larger than {MAX_RATIO}")));
             }
+        }
+        if let Some((key, width)) = derived.into_iter().find(|&(_, w)| w > MAX_SIZE) {
+            return Err((
+                format!("semantics_extractor.{key}"),
+                format!("gives a width of {width}, more than {MAX_SIZE}"),
+            ));
         }
         Ok(())
     }
@@ -273,8 +330,12 @@ impl Spec {
         }
     }
 
-    /// Overrides the number of classes (`--classes N`).
+    /// Overrides the number of classes (`--classes N`). Published figures are of the published class count,
+    /// so they are dropped when it changes.
     pub fn set_num_classes(&mut self, classes: usize) {
+        if classes != self.num_classes() {
+            self.published.clear();
+        }
         if let Some(h) = &mut self.head {
             h.num_classes = classes;
         }
@@ -292,6 +353,16 @@ impl Spec {
     pub fn validate(&self) -> Result<(), (String, String)> {
         let err = |key: &str, msg: String| Err((key.to_string(), msg));
         self.check_sizes()?;
+        for (i, figure) in self.published.iter().enumerate() {
+            if let Err(e) = parse_resolution(&figure.res) {
+                return err(&format!("published[{i}].res"), e.to_string());
+            }
+            for (key, text) in [("params", &figure.params), ("flops", &figure.flops)] {
+                if let Some(Err(e)) = text.as_deref().map(PublishedValue::parse) {
+                    return err(&format!("published[{i}].{key}"), e);
+                }
+            }
+        }
         let tp = &self.token_pyramid;
         if tp.stem_channels == 0 {
             return err("token_pyramid.stem_channels", "must be positive".into());
