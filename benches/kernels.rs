@@ -7,7 +7,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use toparch::exec::kernels::{adaptive_avg_pool2d, batched_matmul, conv2d, resize_bilinear, softmax_rows, Conv2dDims};
+use toparch::exec::kernels::{
+    adaptive_avg_pool2d, batched_matmul, conv2d, expand_depthwise, resize_bilinear, softmax_rows, Conv2dDims,
+};
 use toparch::ops::activation::Activation;
 
 /// Deterministic inputs in `[-1, 1)`.
@@ -71,6 +73,34 @@ fn bench(c: &mut Criterion) {
             group.throughput(Throughput::Elements((2 * 4 * m * k * n) as u64));
             group.bench_function(name, |bench| {
                 pool.install(|| bench.iter(|| batched_matmul(black_box(&a), &b, 4, m, k, n, false, tb, &mut y)))
+            });
+        }
+        // Expand + depthwise pairs, fused and as two convs through a full-size hidden map.
+        let pairs = [
+            ("16->64 256 + dw k3 s2", dims(16, 256, 64, 1, 1, 1), dims(64, 256, 64, 3, 2, 64)),
+            ("24->72 128 + dw k5 s2", dims(24, 128, 72, 1, 1, 1), dims(72, 128, 72, 5, 2, 72)),
+        ];
+        for (name, e, d) in &pairs {
+            let x = data(e.in_channels * e.in_h * e.in_w);
+            let (ew, eb) = (data(e.out_channels * e.in_channels), data(e.out_channels));
+            let (dw, db) = (data(d.out_channels * d.kernel_h * d.kernel_w), data(d.out_channels));
+            let mut hidden = vec![0.0; e.out_channels * e.out_h * e.out_w];
+            let mut y = vec![0.0; d.out_channels * d.out_h * d.out_w];
+            let act = Some(Activation::Relu6);
+            let (em, dm) = expand_depthwise(&x, e, &ew, &eb, act, d, &dw, &db, act, &mut y);
+            group.throughput(Throughput::Elements(2 * (em + dm)));
+            group.bench_function(format!("unfused {name}"), |bench| {
+                pool.install(|| {
+                    bench.iter(|| {
+                        conv2d(black_box(&x), &ew, Some(&eb), e, act, &mut hidden);
+                        conv2d(&hidden, &dw, Some(&db), d, act, &mut y)
+                    })
+                })
+            });
+            group.bench_function(format!("fused {name}"), |bench| {
+                pool.install(|| {
+                    bench.iter(|| expand_depthwise(black_box(&x), e, &ew, &eb, act, d, &dw, &db, act, &mut y))
+                })
             });
         }
         let mut scores = data(4 * 256 * 256);

@@ -255,6 +255,17 @@ pub(super) struct DwPlan<const S: usize> {
     spans: [(usize, usize, usize); S],
 }
 
+/// The input rows of one depthwise channel, with a bias and activation still to apply to them (the
+/// producer's epilogue, applied to the real input values as they are padded; padding stays zero).
+pub(super) struct DwIn<'a> {
+    /// The input rows, `in_w` values each.
+    pub(super) x: &'a [f32],
+    /// Bias added to every input value.
+    pub(super) bias: f32,
+    /// Activation applied after the bias.
+    pub(super) act: Option<Activation>,
+}
+
 /// One output plane of a depthwise convolution with the bias and activation to apply to it.
 pub(super) struct DwOut<'a> {
     /// The output rows, `out_w` values each.
@@ -320,7 +331,7 @@ fn depthwise<const K: usize, const S: usize>(
         .enumerate()
         .with_min_len((4096 / (out_plane * K * K)).max(1))
         .map(|(c, y)| {
-            let x = &input[c * in_plane..][..in_plane];
+            let x = DwIn { x: &input[c * in_plane..][..in_plane], bias: 0.0, act: None };
             let w = &weight[c * K * K..][..K * K];
             let out = DwOut { y, bias: bias.map_or(0.0, |b| b[c]), act };
             with_scratch(plan.buf_len(), |buf| dw_channel::<K, S>(x, w, &plan, buf, out, fma));
@@ -329,12 +340,13 @@ fn depthwise<const K: usize, const S: usize>(
         .sum()
 }
 
-/// One depthwise channel (or band of it): pads the input rows `x` into `buf` (at least
+/// One depthwise channel (or band of it): pads the input rows `x` (applying their pending bias and
+/// activation) into `buf` (at least
 /// [`DwPlan::buf_len`] floats) and writes `out`; `fma` selects the AVX2/FMA version (only pass `true`
 /// after [`has_avx2_fma`]).
 #[inline]
 pub(super) fn dw_channel<const K: usize, const S: usize>(
-    x: &[f32],
+    x: DwIn,
     w: &[f32],
     plan: &DwPlan<S>,
     buf: &mut [f32],
@@ -355,14 +367,14 @@ pub(super) fn dw_channel<const K: usize, const S: usize>(
 /// [`dw_plane`] compiled for AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn dw_plane_avx2<const K: usize, const S: usize>(x: &[f32], w: &[f32], p: &DwPlan<S>, buf: &mut [f32], y: DwOut) {
+fn dw_plane_avx2<const K: usize, const S: usize>(x: DwIn, w: &[f32], p: &DwPlan<S>, buf: &mut [f32], y: DwOut) {
     dw_plane::<K, S, true>(x, w, p, buf, y);
 }
 
 /// One depthwise channel: pads `x` into `buf`, then computes the output two rows at a time.
 #[inline(always)]
 fn dw_plane<const K: usize, const S: usize, const FMA: bool>(
-    x: &[f32],
+    x: DwIn,
     w: &[f32],
     p: &DwPlan<S>,
     buf: &mut [f32],
@@ -386,12 +398,13 @@ fn dw_plane<const K: usize, const S: usize, const FMA: bool>(
     }
 }
 
-/// Writes the zero-padded, phase-split copy of the input rows `x` into `buf` (exactly the plan's
-/// [`DwPlan::buf_len`] floats), touching every element once; rows past the end of `x` are zero.
+/// Writes the zero-padded, phase-split copy of the input rows `x` (with their pending bias and
+/// activation applied) into `buf` (exactly the plan's [`DwPlan::buf_len`] floats), touching every
+/// element once; rows past the end of `x` are zero.
 #[inline(always)]
-fn dw_pad<const S: usize, const FMA: bool>(x: &[f32], p: &DwPlan<S>, buf: &mut [f32]) {
+fn dw_pad<const S: usize, const FMA: bool>(x: DwIn, p: &DwPlan<S>, buf: &mut [f32]) {
     let row_stride = S * p.phase_w;
-    let mut src_rows = x.chunks_exact(p.in_w);
+    let mut src_rows = x.x.chunks_exact(p.in_w);
     for (ry, dst) in buf.chunks_exact_mut(row_stride).enumerate() {
         let src = if ry >= p.pad_h { src_rows.next() } else { None };
         let Some(src) = src else {
@@ -407,6 +420,7 @@ fn dw_pad<const S: usize, const FMA: bool>(x: &[f32], p: &DwPlan<S>, buf: &mut [
                 continue;
             }
             gather(mid, &src[first..], S, FMA);
+            bias_act(mid.iter_mut(), x.bias, x.act);
         }
     }
 }

@@ -3,23 +3,25 @@
 //!
 //! The depthwise output rows are split into one contiguous piece per rayon thread; each piece walks
 //! its rows in bands. For a band, the expanded input rows it reads are computed by one single-threaded
-//! GEMM `W[hidden, Cin] · X[Cin, rows·W]` into a thread-local scratch sized to stay in L2 (bias and
-//! activation applied while the rows are hot), then every channel runs the direct depthwise kernel of
-//! [`conv2d`](super::conv2d) on those rows with the band's own top and bottom padding. Rows shared with
+//! GEMM `W[hidden, Cin] · X[Cin, rows·W]` into a thread-local scratch sized to stay in L2, then every
+//! channel runs the direct depthwise kernel of [`conv2d`](super::conv2d) on those rows with the band's
+//! own top and bottom padding, applying the expand bias and activation as it pads them (in L1, in its
+//! AVX2 version, with no separate pass; rows shared between bands get it once per band). Rows shared with
 //! the previous band of the same piece are kept (moved to the front of the scratch), so only the first
 //! band of every piece after the first recomputes a halo of `k − stride` expanded rows.
 
 use ndarray::{ArrayView2, ArrayViewMut2, ArrayViewMut3, Axis, ShapeBuilder};
 use rayon::prelude::*;
 
-use super::conv::{conv2d, dw_channel, Conv2dDims, DwOut, DwPlan};
+use super::conv::{conv2d, dw_channel, Conv2dDims, DwIn, DwOut, DwPlan};
 use super::matmul::{gemm, view2};
-use super::{bias_act, has_avx2_fma, with_scratch};
+use super::{has_avx2_fma, with_scratch};
 use crate::ops::activation::Activation;
 
-/// Floats of expanded rows a band holds (256 KB): with the padded band plane and the streamed input
-/// rows it stays well inside one core's L2.
-const BAND_FLOATS: usize = 64 * 1024;
+/// Floats of expanded rows a band holds (512 KB): with the padded band plane and the streamed input
+/// rows it stays inside one core's 1 MB L2 on the target machines. Measured at 128² and 256²: a quarter
+/// of this doubles the halo re-padding and loses to the unfused pair on 24→72 + 5×5; twice this spills.
+const BAND_FLOATS: usize = 128 * 1024;
 
 /// Whether [`expand_depthwise`] supports this pair: `expand` is a 1×1 stride-1 unpadded conv with
 /// one group, `depthwise` is a depthwise conv on its output with a square 3×3, 5×5 or 7×7 kernel, equal
@@ -176,15 +178,16 @@ fn run_piece<const K: usize, const S: usize>(
             for (c, channel) in expanded.chunks_exact(channel_len).enumerate() {
                 let mut y = band.index_axis_mut(Axis(0), c);
                 let y = y.as_slice_mut().expect("one channel's rows of a band are contiguous");
+                let x = DwIn { x: &channel[..(end - first) * w], bias: p.eb[c], act: p.eact };
                 let out = DwOut { y, bias: p.db[c], act: p.dact };
-                dw_channel::<K, S>(&channel[..(end - first) * w], &p.dw[c * K * K..][..K * K], &plan, buf, out, fma);
+                dw_channel::<K, S>(x, &p.dw[c * K * K..][..K * K], &plan, buf, out, fma);
             }
         }
     });
 }
 
 /// Expands input `rows` into row `slot` onwards of every channel's scratch (`capacity` rows each),
-/// then applies the expand bias and activation to them.
+/// without the expand bias and activation: the depthwise applies those as it pads its input rows.
 fn expand_rows(p: &Pair, rows: std::ops::Range<usize>, expanded: &mut [f32], slot: usize, capacity: usize) {
     let (e, w) = (p.e, p.e.in_w);
     let n = rows.len() * w;
@@ -197,9 +200,6 @@ fn expand_rows(p: &Pair, rows: std::ops::Range<usize>, expanded: &mut [f32], slo
     let mut y = ArrayViewMut2::from_shape((e.out_channels, n).strides((capacity * w, 1)), &mut expanded[slot * w..])
         .expect("expanded rows fit the scratch");
     gemm(&view2(p.ew, e.out_channels, e.in_channels), &x, &mut y);
-    for (mut row, &bias) in y.rows_mut().into_iter().zip(p.eb) {
-        bias_act(row.iter_mut(), bias, p.eact);
-    }
 }
 
 #[cfg(test)]
