@@ -1,14 +1,15 @@
 //! A MobileNetV2 expand (1×1 conv) fused with the depthwise conv that reads it, so that the wide
 //! expanded map never goes through memory.
 //!
-//! The depthwise output rows are split into one contiguous piece per rayon thread; each piece walks
-//! its rows in bands. For a band, the expanded input rows it reads are computed by one single-threaded
-//! GEMM `W[hidden, Cin] · X[Cin, rows·W]` into a thread-local scratch sized to stay in L2, then every
-//! channel runs the direct depthwise kernel of [`conv2d`](super::conv2d) on those rows with the band's
-//! own top and bottom padding, applying the expand bias and activation as it pads them (in L1, in its
-//! AVX2 version, with no separate pass; rows shared between bands get it once per band). Rows shared with
-//! the previous band of the same piece are kept (moved to the front of the scratch), so only the first
-//! band of every piece after the first recomputes a halo of `k − stride` expanded rows.
+//! The output is split into one piece per rayon thread, by rows where the images are tall enough and
+//! by channels otherwise; each piece walks its rows in bands. For a band, the expanded input rows it
+//! reads are computed by one single-threaded GEMM `W[channels, Cin] · X[Cin, rows·W]` into a
+//! thread-local scratch sized to stay in L2, then every channel runs the direct depthwise kernel of
+//! [`conv2d`](super::conv2d) on those rows with the band's own top and bottom padding, applying the
+//! expand bias and activation as it pads them (in L1, in its AVX2 version, with no separate pass; rows
+//! shared between bands get it once per band). Rows shared with the previous band of the same piece
+//! are kept (moved to the front of the scratch), so only pieces of rows after the first recompute a
+//! halo of `k − stride` expanded rows.
 
 use ndarray::{ArrayView2, ArrayViewMut2, ArrayViewMut3, Axis, ShapeBuilder};
 use rayon::prelude::*;
@@ -18,10 +19,11 @@ use super::matmul::{gemm, view2};
 use super::{has_avx2_fma, with_scratch};
 use crate::ops::activation::Activation;
 
-/// Floats of expanded rows a band holds (512 KB): with the padded band plane and the streamed input
-/// rows it stays inside one core's 1 MB L2 on the target machines. Measured at 128² and 256²: a quarter
-/// of this doubles the halo re-padding and loses to the unfused pair on 24→72 + 5×5; twice this spills.
-const BAND_FLOATS: usize = 128 * 1024;
+/// Floats of expanded rows a band holds (768 KB): with the padded band plane and the streamed input
+/// rows it about fills one core's 1 MB L2 on the target machines. In A/B runs over 16²–256² pairs,
+/// 512 KB and 1 MB were within a few percent of this, and 256 KB lost to the unfused pair on 24→72 +
+/// 5×5 (twice the halo re-padding).
+const BAND_FLOATS: usize = 192 * 1024;
 
 /// Whether [`expand_depthwise`] supports this pair: `expand` is a 1×1 stride-1 unpadded conv with
 /// one group, `depthwise` is a depthwise conv on its output with a square 3×3, 5×5 or 7×7 kernel, equal
@@ -55,7 +57,9 @@ pub fn supports_expand_depthwise(expand: &Conv2dDims, depthwise: &Conv2dDims) ->
 /// `hidden·H·W·Cin` and `hidden·Ho·Wo·k²`. The expand count is exact in that every expanded pixel is
 /// computed at least once (guaranteed by [`supports_expand_depthwise`]); it does not include the
 /// halo rows recomputed where a thread's piece of rows starts, `(k − stride)·W·hidden·Cin` per piece
-/// after the first (e.g. one extra row of 256, 0.4 %, for 3×3 stride 2 at 256² on two threads; none on one thread).
+/// after the first. Pieces of rows are only used when that is at most 1/32 of the expand per piece
+/// (e.g. one extra row of 256, 0.4 %, for 3×3 stride 2 at 256² on two threads); one thread, or a
+/// split by channels, recomputes nothing.
 ///
 /// Pairs that [`supports_expand_depthwise`] rejects are computed unfused, through a temporary buffer.
 #[allow(clippy::too_many_arguments)] // the documented kernel signature
@@ -127,39 +131,63 @@ struct Bands {
     capacity: usize,
 }
 
-/// The fused pair with a `K × K` depthwise kernel and stride `S`, parallel over pieces of output rows.
+impl Bands {
+    /// Floats between two channels' rows in the scratch: the `capacity` rows of `w` values, rounded to
+    /// whole cache lines, plus one line when that is a multiple of 2 KB, so that the channels do not all
+    /// map to the same cache sets (a 16 KB stride made 16→48 @128² + 3×3 about 10 % slower).
+    fn channel_stride(self, w: usize) -> usize {
+        let len = (self.capacity * w).next_multiple_of(16);
+        if len.is_multiple_of(512) {
+            len + 16
+        } else {
+            len
+        }
+    }
+}
+
+/// The fused pair with a `K × K` depthwise kernel and stride `S`, parallel over pieces of the output:
+/// pieces of rows when the halo each extra piece recomputes is small against the image height (at most
+/// 1/32 of it per piece), otherwise groups of channels (no halo; every thread re-reads the input).
 fn fused<const K: usize, const S: usize>(p: &Pair, out: &mut [f32]) -> (u64, u64) {
     let (e, d) = (p.e, p.d);
     let hidden = e.out_channels;
-    let pieces = rayon::current_num_threads().min(d.out_h);
-    let piece_h = d.out_h.div_ceil(pieces);
-    // As many output rows per band as keep the expanded rows within budget (at least one).
-    let budget_rows = BAND_FLOATS / (hidden * e.in_w);
+    let threads = rayon::current_num_threads();
+    let by_rows = (K - S) * (threads - 1) * 32 <= e.in_h;
+    let piece_h = if by_rows { d.out_h.div_ceil(threads.min(d.out_h)) } else { d.out_h };
+    let piece_c = if by_rows { hidden } else { hidden.div_ceil(threads.min(hidden)) };
+    // As many output rows per band as keep a piece's expanded rows within budget (at least one).
+    let budget_rows = BAND_FLOATS / (piece_c * e.in_w);
     let height = if budget_rows >= K { (budget_rows - K) / S + 1 } else { 1 }.min(piece_h);
     let bands = Bands { height, capacity: (height - 1) * S + K };
     let fma = has_avx2_fma();
     let mut y =
         ArrayViewMut3::from_shape((hidden, d.out_h, d.out_w), out).expect("output length checked by the caller");
-    let pieces: Vec<_> = y.axis_chunks_iter_mut(Axis(1), piece_h).enumerate().collect();
-    pieces.into_par_iter().for_each(|(i, piece)| run_piece::<K, S>(p, i * piece_h, piece, bands, fma));
+    let pieces: Vec<_> = if by_rows {
+        y.axis_chunks_iter_mut(Axis(1), piece_h).enumerate().map(|(i, piece)| (0, i * piece_h, piece)).collect()
+    } else {
+        y.axis_chunks_iter_mut(Axis(0), piece_c).enumerate().map(|(i, piece)| (i * piece_c, 0, piece)).collect()
+    };
+    pieces.into_par_iter().for_each(|(c0, oy0, piece)| run_piece::<K, S>(p, c0, oy0, piece, bands, fma));
     let macs = |a: usize, b: usize, c: usize, k: usize| (a * b * c * k) as u64;
     (macs(hidden, e.in_h, e.in_w, e.in_channels), macs(hidden, d.out_h, d.out_w, K * K))
 }
 
-/// Output rows `oy0..` of `piece` (`[hidden, rows, Wo]`), band after band on this thread.
+/// Channels `c0..` and output rows `oy0..` of the output, held in `piece` (`[channels, rows, Wo]`),
+/// band after band on this thread.
 fn run_piece<const K: usize, const S: usize>(
     p: &Pair,
+    c0: usize,
     oy0: usize,
     mut piece: ArrayViewMut3<f32>,
     bands: Bands,
     fma: bool,
 ) {
     let (e, d) = (p.e, p.d);
-    let (hidden, w) = (e.out_channels, e.in_w);
-    let channel_len = bands.capacity * w;
+    let (channels, w) = (piece.len_of(Axis(0)), e.in_w);
+    let channel_len = bands.channel_stride(w);
     let buf_len = DwPlan::<S>::new::<K>(d, 0, bands.height).buf_len();
-    with_scratch(hidden * channel_len + buf_len, |scratch| {
-        let (expanded, buf) = scratch.split_at_mut(hidden * channel_len);
+    with_scratch(channels * channel_len + buf_len, |scratch| {
+        let (expanded, buf) = scratch.split_at_mut(channels * channel_len);
         // Input rows `held.0..held.1` are expanded in rows `0..` of every channel's scratch.
         let mut held = (0, 0);
         for (b, mut band) in piece.axis_chunks_iter_mut(Axis(1), bands.height).enumerate() {
@@ -173,10 +201,10 @@ fn run_piece<const K: usize, const S: usize>(
                     channel.copy_within((first - held.0) * w..(held.1 - held.0) * w, 0);
                 }
             }
-            expand_rows(p, first + keep..end, expanded, keep, bands.capacity);
+            expand_rows(p, c0, first + keep..end, expanded, keep, channel_len);
             held = (first, end);
-            for (c, channel) in expanded.chunks_exact(channel_len).enumerate() {
-                let mut y = band.index_axis_mut(Axis(0), c);
+            for (c, channel) in (c0..).zip(expanded.chunks_exact(channel_len)) {
+                let mut y = band.index_axis_mut(Axis(0), c - c0);
                 let y = y.as_slice_mut().expect("one channel's rows of a band are contiguous");
                 let x = DwIn { x: &channel[..(end - first) * w], bias: p.eb[c], act: p.eact };
                 let out = DwOut { y, bias: p.db[c], act: p.dact };
@@ -186,20 +214,20 @@ fn run_piece<const K: usize, const S: usize>(
     });
 }
 
-/// Expands input `rows` into row `slot` onwards of every channel's scratch (`capacity` rows each),
-/// without the expand bias and activation: the depthwise applies those as it pads its input rows.
-fn expand_rows(p: &Pair, rows: std::ops::Range<usize>, expanded: &mut [f32], slot: usize, capacity: usize) {
+/// Expands input `rows` for the channels `c0..` that `expanded` holds (`stride` floats apart) into row
+/// `slot` onwards, without the expand bias and activation: the depthwise applies those as it pads.
+fn expand_rows(p: &Pair, c0: usize, rows: std::ops::Range<usize>, expanded: &mut [f32], slot: usize, stride: usize) {
     let (e, w) = (p.e, p.e.in_w);
-    let n = rows.len() * w;
+    let (channels, n) = (expanded.len() / stride, rows.len() * w);
     if n == 0 {
         return;
     }
     let plane = e.in_h * w;
     let x = ArrayView2::from_shape((e.in_channels, n).strides((plane, 1)), &p.input[rows.start * w..])
         .expect("input rows lie inside every channel's plane");
-    let mut y = ArrayViewMut2::from_shape((e.out_channels, n).strides((capacity * w, 1)), &mut expanded[slot * w..])
+    let mut y = ArrayViewMut2::from_shape((channels, n).strides((stride, 1)), &mut expanded[slot * w..])
         .expect("expanded rows fit the scratch");
-    gemm(&view2(p.ew, e.out_channels, e.in_channels), &x, &mut y);
+    gemm(&view2(&p.ew[c0 * e.in_channels..], channels, e.in_channels), &x, &mut y);
 }
 
 #[cfg(test)]
@@ -286,11 +314,17 @@ mod tests {
 
     #[test]
     fn matches_unfused_across_many_bands() {
-        // Several bands per piece (the scratch budget is exceeded), held rows moved between bands.
+        // Several bands per piece (the scratch budget is exceeded), held rows moved between bands, and
+        // pieces of rows on two and three threads.
+        check(pair(16, 64, 256, 256, 3, 2));
+        check(pair(4, 24, 301, 160, 5, 2));
+        check(pair(4, 24, 150, 161, 5, 1));
+        check(pair(3, 18, 200, 200, 7, 1));
+        // One band (budget not exceeded), split by rows or by channels.
         check(pair(16, 64, 33, 65, 3, 2));
         check(pair(24, 72, 33, 65, 5, 1));
-        check(pair(8, 48, 40, 70, 5, 2));
-        check(pair(16, 64, 256, 256, 3, 2));
+        // Split by rows on two threads and by (uneven) channels on three.
+        check(pair(5, 25, 130, 20, 5, 1));
     }
 
     #[test]
