@@ -9,7 +9,9 @@ use toparch::spec::load_embedded;
 
 fn forward(c: &mut Criterion) {
     let mut group = c.benchmark_group("forward");
-    group.sample_size(20);
+    // Long enough to average over the scheduling noise of a small shared VM.
+    group.sample_size(40);
+    group.measurement_time(std::time::Duration::from_secs(8));
     for variant in ["tiny", "small", "base"] {
         let spec = load_embedded(variant).expect("embedded spec").spec;
         let graph = compile(&spec, 512, 512).expect("compiles");
