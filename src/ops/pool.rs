@@ -24,11 +24,6 @@ impl AdaptiveAvgPool {
     }
 }
 
-/// PyTorch's adaptive pooling bin `[start, end)` for output index `i`.
-pub fn adaptive_bin(i: usize, input: usize, output: usize) -> (usize, usize) {
-    (i * input / output, ((i + 1) * input).div_ceil(output))
-}
-
 /// Functional, so mmcv (`paper`) does not see it; fvcore counts one per input element.
 pub fn adaptive_cost(input: &Shape) -> Cost {
     Cost { paper: 0, fvcore: numel(input), macs: 0 }
@@ -67,14 +62,6 @@ pub fn global_cost(input: &Shape) -> Cost {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn uneven_bins_overlap_like_pytorch() {
-        // 5 → 2: [0, 3) and [2, 5)
-        assert_eq!(adaptive_bin(0, 5, 2), (0, 3));
-        assert_eq!(adaptive_bin(1, 5, 2), (2, 5));
-        assert_eq!(adaptive_bin(1, 26, 2), (13, 26));
-    }
 
     #[test]
     fn shapes_and_costs() {
