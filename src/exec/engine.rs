@@ -247,8 +247,9 @@ fn take_buffer(free: &mut Vec<Vec<f32>>, len: usize) -> Vec<f32> {
 }
 
 /// Groups nodes into steps: a conv absorbs the BatchNorm that alone reads it (folded into its weights) and
-/// then the activation that alone reads that; a resize whose only reader is an add runs inside that add.
-/// No named output is ever absorbed.
+/// then the activation that alone reads that; a pointwise conv chain and the depthwise chain that alone reads
+/// it run as one fused kernel; a resize whose only reader is an add runs inside that add. No named output is
+/// ever absorbed.
 fn plan(graph: &Graph, params: NodeParams) -> Vec<Step> {
     let mut planner = Planner::new(graph, params);
     let mut steps = Vec::new();
