@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use toparch::exec::kernels::{
+use toparch::kernels::{
     adaptive_avg_pool2d, batched_matmul, conv2d, expand_depthwise, resize_bilinear, softmax_rows, Conv2dDims,
 };
 use toparch::ops::activation::Activation;

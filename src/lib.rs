@@ -6,6 +6,9 @@ pub mod cost;
 pub mod error;
 pub mod exec;
 pub mod graph;
+pub mod kernels;
 pub mod ops;
 pub mod report;
 pub mod spec;
+#[doc(hidden)]
+pub mod testing;

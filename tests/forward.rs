@@ -50,8 +50,11 @@ fn micro_matches_official_outputs_from_both_weight_formats() {
 
 #[test]
 fn tiny_matches_official_outputs_from_both_weight_formats() {
-    let dir = root().join("../shared/reference");
-    let io = dir.join("topformer-tiny-seed0-io.safetensors");
+    let test = "tiny_matches_official_outputs_from_both_weight_formats";
+    let Some(io) = toparch::testing::shared_file("reference/topformer-tiny-seed0-io.safetensors", test) else {
+        return;
+    };
+    let dir = io.parent().unwrap().to_path_buf();
     let spec = load_embedded("tiny").unwrap().spec;
     for weights in ["topformer-tiny-seed0.safetensors", "topformer-tiny-seed0.pth"] {
         assert_parity(&spec, &dir.join(weights), &io, 2);

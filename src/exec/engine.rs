@@ -2,10 +2,10 @@
 //! activations fused into their output pass, buffers recycled as soon as their last reader has run,
 //! and the multiply-accumulates each node really performed counted.
 
-use super::kernels;
 use super::params::NodeParams;
 use crate::error::{Error, Result};
 use crate::graph::Graph;
+use crate::kernels;
 use crate::ops::{numel, resize, Activation, Conv2d, Elementwise, ForwardArgs, Op};
 use petgraph::graph::NodeIndex;
 use std::collections::HashMap;

@@ -2,7 +2,6 @@
 
 mod engine;
 pub mod image_io;
-pub mod kernels;
 mod params;
 pub mod pth;
 pub mod weights;
@@ -11,6 +10,7 @@ pub use engine::{Executor, RunOutput, StepStat};
 pub use params::NodeParams;
 
 use crate::error::{Error, Result};
+use crate::kernels;
 use crate::spec::MAX_SIDE;
 use std::path::Path;
 

@@ -283,6 +283,10 @@ pub(crate) mod tests {
 
     #[test]
     fn tiny_safetensors_and_pth_agree() {
+        let test = "exec::weights::tiny_safetensors_and_pth_agree";
+        if crate::testing::shared_file("reference/topformer-tiny-seed0.pth", test).is_none() {
+            return;
+        }
         let map = check_pair("../shared/reference/topformer-tiny-seed0");
         assert!(map.len() > 300);
     }

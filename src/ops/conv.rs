@@ -2,7 +2,7 @@
 
 use super::{nchw, Activation, ParamDecl, Shape};
 use crate::cost::Cost;
-use crate::exec::kernels::{conv2d, Conv2dDims};
+use crate::kernels::{conv2d, Conv2dDims};
 
 /// `nn.Conv2d` with a square kernel, dilation 1 and zero padding.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! Elementwise binary ops of equal shapes: residual adds and the injection's multiply.
 
 use super::Shape;
-use crate::exec::kernels::{add_into, mul_into};
+use crate::kernels::{add_into, mul_into};
 
 /// An elementwise binary op. Functional in PyTorch, so no counter charges for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

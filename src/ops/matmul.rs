@@ -2,7 +2,7 @@
 
 use super::{numel, Shape};
 use crate::cost::Cost;
-use crate::exec::kernels::batched_matmul;
+use crate::kernels::batched_matmul;
 
 /// `op(a) @ op(b)` over the last two dimensions, with leading dimensions equal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 
 use super::{nchw, numel, Shape};
 use crate::cost::Cost;
-use crate::exec::kernels::adaptive_avg_pool2d;
+use crate::kernels::adaptive_avg_pool2d;
 
 /// Functional `F.adaptive_avg_pool2d(x, (out_h, out_w))`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

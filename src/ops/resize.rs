@@ -2,7 +2,7 @@
 
 use super::{nchw, numel, Shape};
 use crate::cost::Cost;
-use crate::exec::kernels::resize_bilinear;
+use crate::kernels::resize_bilinear;
 
 /// Bilinear resize of an NCHW map to a fixed size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

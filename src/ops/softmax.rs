@@ -6,5 +6,5 @@ pub struct Softmax;
 
 /// Softmax over the last dimension of `data`, in place.
 pub fn forward(data: &mut [f32], shape: &[usize]) {
-    crate::exec::kernels::softmax_rows(data, shape.last().copied().unwrap_or(1));
+    crate::kernels::softmax_rows(data, shape.last().copied().unwrap_or(1));
 }

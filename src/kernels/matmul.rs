@@ -123,7 +123,7 @@ pub fn batched_matmul(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exec::kernels::test_util::{assert_close, random, with_pools};
+    use crate::kernels::test_util::{assert_close, random, with_pools};
 
     /// Triple-loop reference with explicit index arithmetic for the transposed layouts.
     #[allow(clippy::too_many_arguments)]

@@ -11,6 +11,7 @@
 //! once for the baseline target and once with `#[target_feature(enable = "avx2,fma")]`, chosen at run
 //! time with `is_x86_feature_detected!`.
 
+mod activation;
 mod conv;
 mod elementwise;
 mod fused;
@@ -19,6 +20,7 @@ mod pool;
 mod resize;
 mod softmax;
 
+pub use activation::Activation;
 pub use conv::{conv2d, Conv2dDims};
 pub use elementwise::{add_into, mul_into};
 pub use fused::{expand_depthwise, supports_expand_depthwise};
@@ -28,8 +30,6 @@ pub use resize::resize_bilinear;
 pub use softmax::softmax_rows;
 
 use std::cell::Cell;
-
-use crate::ops::activation::Activation;
 
 thread_local! {
     /// Per-thread scratch memory reused across kernel calls (padded planes, im2col tiles, resize rows).

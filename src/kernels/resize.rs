@@ -138,7 +138,7 @@ fn resize_plane(x: &[f32], y: &mut [f32], plan: &Plan, horizontal: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exec::kernels::test_util::{assert_close, random, with_pools};
+    use crate::kernels::test_util::{assert_close, random, with_pools};
 
     /// Four-tap formula per output element, coordinates computed in `f64`.
     fn naive(x: &[f32], c: usize, ih: usize, iw: usize, oh: usize, ow: usize) -> Vec<f32> {

@@ -53,7 +53,7 @@ pub fn adaptive_avg_pool2d(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exec::kernels::test_util::{assert_close, random, with_pools};
+    use crate::kernels::test_util::{assert_close, random, with_pools};
 
     /// Mean over each bin straight from the definition.
     fn naive(x: &[f32], c: usize, ih: usize, iw: usize, oh: usize, ow: usize) -> Vec<f32> {

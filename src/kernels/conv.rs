@@ -15,8 +15,8 @@ use ndarray::{s, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
 use super::matmul::{gemm, par_gemm, view2, view2_mut};
+use super::Activation;
 use super::{bias_act, has_avx2_fma, madd, with_scratch};
-use crate::ops::activation::Activation;
 
 /// Dimensions of one 2-D convolution (PyTorch semantics: zero padding, dilation 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -550,7 +550,7 @@ fn dw_tile<const K: usize, const S: usize, const V: usize, const R: usize, const
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exec::kernels::test_util::{assert_close, random, with_pools};
+    use crate::kernels::test_util::{assert_close, random, with_pools};
 
     /// Dimensions with PyTorch's output-size formula.
     #[allow(clippy::too_many_arguments)]

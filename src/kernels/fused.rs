@@ -16,8 +16,8 @@ use rayon::prelude::*;
 
 use super::conv::{conv2d, dw_channel, Conv2dDims, DwIn, DwOut, DwPlan};
 use super::matmul::{gemm, view2};
+use super::Activation;
 use super::{has_avx2_fma, with_scratch};
-use crate::ops::activation::Activation;
 
 /// Floats of expanded rows a band holds (768 KB): with the padded band plane and the streamed input
 /// rows it about fills one core's 1 MB L2 on the target machines. In A/B runs over 16²–256² pairs,
@@ -233,7 +233,7 @@ fn expand_rows(p: &Pair, c0: usize, rows: std::ops::Range<usize>, expanded: &mut
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exec::kernels::test_util::{assert_close, random, with_pools};
+    use crate::kernels::test_util::{assert_close, random, with_pools};
 
     /// The expand `cin → hidden` at `h × w` and the depthwise `k × k`, stride `s`, padding `k / 2` after it.
     fn pair(cin: usize, hidden: usize, h: usize, w: usize, k: usize, s: usize) -> (Conv2dDims, Conv2dDims) {

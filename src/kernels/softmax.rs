@@ -101,7 +101,7 @@ fn exp<const FMA: bool>(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exec::kernels::test_util::{random, with_pools};
+    use crate::kernels::test_util::{random, with_pools};
 
     /// Max-subtracted softmax in `f64`.
     fn naive(row: &[f32]) -> Vec<f32> {
