@@ -2,13 +2,20 @@
 //! naming every parameter as the official state_dict does.
 
 use super::{Graph, Stage};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ops::{
     Activation, AdaptiveAvgPool, BatchNorm, Concat, Conv2d, Elementwise, GlobalAvgPool, Linear, MatMul, Op, Reshape,
     Resize, Slice, Softmax,
 };
-use crate::spec::{make_divisible, round_half_even, FuseConv, InjectionType, MbBlock, Spec, Task};
+use crate::spec::{make_divisible, round_half_even, FuseConv, InjectionType, LoadedSpec, MbBlock, Spec, Task};
 use petgraph::graph::NodeIndex;
+
+impl LoadedSpec {
+    /// Compiles the spec for an `height`×`width` input; an error names the spec's file.
+    pub fn compile(&self, height: usize, width: usize) -> Result<Graph> {
+        compile(&self.spec, height, width).map_err(|e| Error::input(format!("{}: {e}", self.origin)))
+    }
+}
 
 /// Compiles `spec` for a batch-1 RGB input of `height`×`width`.
 pub fn compile(spec: &Spec, height: usize, width: usize) -> Result<Graph> {

@@ -7,9 +7,8 @@ mod compile;
 
 pub use compile::compile;
 
-use crate::cost::Cost;
 use crate::error::{Error, Result};
-use crate::ops::{numel, Op, ParamDecl, ParamKind, Shape};
+use crate::ops::{numel, Cost, Op, ParamDecl, ParamKind, Shape};
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde::Serialize;
 

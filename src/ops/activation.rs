@@ -1,6 +1,6 @@
 //! Pointwise activations: their spec names and cost (the function itself is a kernel).
 
-use crate::cost::Cost;
+use super::Cost;
 pub use crate::kernels::Activation;
 
 impl Activation {

@@ -1,7 +1,7 @@
 //! 2-D convolution, and the one place where convolution geometry is computed.
 
+use super::Cost;
 use super::{nchw, Activation, ParamDecl, Shape};
-use crate::cost::Cost;
 use crate::kernels::{conv2d, Conv2dDims};
 
 /// `nn.Conv2d` with a square kernel, dilation 1 and zero padding.

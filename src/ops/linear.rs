@@ -1,7 +1,7 @@
 //! Fully connected layer.
 
+use super::Cost;
 use super::{numel, ParamDecl, Shape};
-use crate::cost::Cost;
 
 /// `nn.Linear(in_features, out_features, bias)` on [N, in_features].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! Batched matrix product over the last two dimensions (the attention's `q·k` and `attn·v`).
 
+use super::Cost;
 use super::{numel, Shape};
-use crate::cost::Cost;
 use crate::kernels::batched_matmul;
 
 /// `op(a) @ op(b)` over the last two dimensions, with leading dimensions equal.

@@ -6,6 +6,7 @@
 pub mod activation;
 pub mod concat;
 pub mod conv;
+pub mod cost;
 pub mod elementwise;
 pub mod linear;
 pub mod matmul;
@@ -15,11 +16,10 @@ pub mod reshape;
 pub mod resize;
 pub mod softmax;
 
-use crate::cost::Cost;
-
 pub use activation::Activation;
 pub use concat::{Concat, Slice};
 pub use conv::Conv2d;
+pub use cost::{Convention, Cost};
 pub use elementwise::Elementwise;
 pub use linear::Linear;
 pub use matmul::MatMul;

@@ -1,7 +1,7 @@
 //! Batch normalisation in eval mode (running statistics).
 
+use super::Cost;
 use super::{ParamDecl, ParamKind, Shape};
-use crate::cost::Cost;
 
 /// `nn.BatchNorm1d` (on [N, C]) or `nn.BatchNorm2d` (on [N, C, H, W]), affine, eval mode.
 #[derive(Clone, Debug, PartialEq)]

@@ -1,7 +1,7 @@
 //! Average pooling: the token pyramid's functional adaptive pooling and the classifier's global pool module.
 
+use super::Cost;
 use super::{nchw, numel, Shape};
-use crate::cost::Cost;
 use crate::kernels::adaptive_avg_pool2d;
 
 /// Functional `F.adaptive_avg_pool2d(x, (out_h, out_w))`.

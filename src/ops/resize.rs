@@ -1,7 +1,7 @@
 //! Functional bilinear resize (`F.interpolate(mode='bilinear', align_corners=False)`).
 
+use super::Cost;
 use super::{nchw, numel, Shape};
-use crate::cost::Cost;
 use crate::kernels::resize_bilinear;
 
 /// Bilinear resize of an NCHW map to a fixed size.

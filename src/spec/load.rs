@@ -42,13 +42,6 @@ pub struct LoadedSpec {
     pub origin: String,
 }
 
-impl LoadedSpec {
-    /// Compiles the spec for an `height`×`width` input; an error names the spec's file.
-    pub fn compile(&self, height: usize, width: usize) -> Result<crate::graph::Graph> {
-        crate::graph::compile(&self.spec, height, width).map_err(|e| Error::input(format!("{}: {e}", self.origin)))
-    }
-}
-
 /// One document of an `extends` chain.
 struct Source {
     origin: String,

@@ -11,7 +11,7 @@ pub use load::{
     MAX_SIDE,
 };
 
-use crate::ops::Activation;
+use crate::kernels::Activation;
 use serde::Deserialize;
 
 /// A whole network spec after `extends` has been resolved.
@@ -245,7 +245,7 @@ pub enum Task {
 }
 
 /// Largest width (written or derived), depth or class count a spec may ask for: far beyond any mobile network;
-/// with [`crate::graph::MAX_ELEMENTS`] it keeps every count within 64 bits.
+/// with the graph's `MAX_ELEMENTS` it keeps every count within 64 bits.
 pub const MAX_SIZE: usize = 1 << 16;
 /// Largest expansion or MLP ratio.
 pub const MAX_RATIO: f64 = 64.0;
