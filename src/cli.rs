@@ -2,10 +2,11 @@
 
 use crate::budget;
 use crate::cost::{Convention, Profile};
-use crate::error::{Error, Result};
+use crate::error::{write_atomic, Error, Result};
 use crate::exec::image_io::{palette, write_class_map_png};
 use crate::exec::weights::{read_tensors, write_safetensors};
 use crate::exec::{argmax_resized, read_input, Executor, NodeParams};
+use crate::export::{export_model, ExportOptions, Opset};
 use crate::graph::Graph;
 use crate::report::document::write_report;
 use crate::report::json::profile_json;
@@ -14,8 +15,9 @@ use crate::report::timing::render_timing;
 use crate::report::Depth;
 use crate::spec::{embedded_specs, load_embedded, load_file, parse_resolution, LoadedSpec, Task};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use prost::Message;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Analyse TopFormer-family segmentation networks: exact params and FLOPs, a reference forward pass,
@@ -41,6 +43,8 @@ enum Command {
     Check(CheckArgs),
     /// Write the markdown report and its SVG figures.
     Report(ReportArgs),
+    /// Write the network as an ONNX model (with official weight names) for onnxruntime, TNN, NCNN, MNN.
+    Export(ExportArgs),
 }
 
 #[derive(Args, Debug)]
@@ -198,10 +202,7 @@ fn forward(args: &ForwardArgs) -> Result<String> {
     }
     let (input, h, w) = read_input(&args.input, args.spec.resolution()?)?;
     let graph = loaded.compile(h, w)?;
-    let params = match &args.weights {
-        Some(path) => NodeParams::from_tensors(&graph, read_tensors(path)?, &path.display().to_string())?,
-        None => NodeParams::random(&graph, args.seed),
-    };
+    let params = bind_params(&graph, args.weights.as_deref(), args.seed)?;
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
     if threads == 0 {
         return Err(Error::input("--threads must be positive"));
@@ -246,6 +247,73 @@ fn forward(args: &ForwardArgs) -> Result<String> {
         out.push_str(&render_timing(&graph, &run.steps));
     }
     Ok(out)
+}
+
+/// The checkpoint's tensors bound to `graph` by official name, else seeded random weights.
+fn bind_params(graph: &Graph, weights: Option<&Path>, seed: u64) -> Result<NodeParams> {
+    match weights {
+        Some(path) => NodeParams::from_tensors(graph, read_tensors(path)?, &path.display().to_string()),
+        None => Ok(NodeParams::random(graph, seed)),
+    }
+}
+
+#[derive(Args, Debug)]
+struct ExportArgs {
+    #[command(flatten)]
+    spec: SpecArgs,
+    /// Checkpoint: .safetensors or PyTorch .pth, keyed by official state_dict names. Without it, the seeded
+    /// random weights `forward` uses.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Seed of the random weights used without --weights.
+    #[arg(long, default_value_t = 0, conflicts_with = "weights")]
+    seed: u64,
+    /// ONNX operator set (13 pairs with IR version 7, 17 with IR 8).
+    #[arg(long, value_enum, default_value = "13")]
+    opset: Opset,
+    /// Fold each BatchNorm into the conv before it (computed in f64), for deployment.
+    #[arg(long)]
+    fold_bn: bool,
+    /// Append the final bilinear resize of the logits to the input size (segmentors only).
+    #[arg(long)]
+    with_resize: bool,
+    /// Append an ArgMax over classes: the output becomes an int64 class map `classes` (segmentors only).
+    #[arg(long)]
+    argmax: bool,
+    /// The .onnx file to write.
+    #[arg(long)]
+    output: PathBuf,
+}
+
+fn export(args: &ExportArgs) -> Result<String> {
+    let (loaded, graph) = args.spec.compile()?;
+    let params = bind_params(&graph, args.weights.as_deref(), args.seed)?;
+    let options = ExportOptions {
+        opset: args.opset,
+        fold_bn: args.fold_bn,
+        with_resize: args.with_resize,
+        argmax: args.argmax,
+    };
+    let model = export_model(&graph, &params, &options)?;
+    let bytes = model.encode_to_vec();
+    write_atomic(&args.output, &bytes)?;
+    let onnx = model.graph.unwrap_or_default();
+    let output = onnx.output.first().and_then(|o| o.tensor_shape()).map(|(_, shape)| shape).unwrap_or_default();
+    let input = graph.input_shape();
+    Ok(format!(
+        "{}: {} at {}x{}, opset {} (IR {}): {} nodes, {} initializers, {} {output:?} → {} ({:.1} MB)\n",
+        loaded.spec.name,
+        args.weights.as_ref().map_or(format!("random weights (seed {})", args.seed), |p| p.display().to_string()),
+        input[2],
+        input[3],
+        args.opset.version(),
+        args.opset.ir_version(),
+        onnx.node.len(),
+        onnx.initializer.len(),
+        onnx.output.first().map_or("", |o| o.name.as_str()),
+        args.output.display(),
+        bytes.len() as f64 / 1e6
+    ))
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -298,6 +366,7 @@ fn run(cli: Cli) -> Result<Outcome> {
         Command::Graph(args) => Ok(args.compile()?.1.to_dot().into()),
         Command::Forward(args) => forward(&args).map(Outcome::from),
         Command::Check(args) => check(&args),
+        Command::Export(args) => export(&args).map(Outcome::from),
         Command::Report(args) => {
             let written = write_report(&args.out)?;
             Ok(written.iter().map(|p| format!("wrote {}\n", p.display())).collect::<String>().into())

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod cost;
 pub mod error;
 pub mod exec;
+pub mod export;
 pub mod graph;
 pub mod kernels;
 pub mod ops;

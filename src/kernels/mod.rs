@@ -25,7 +25,7 @@ pub use conv::{conv2d, Conv2dDims};
 pub use elementwise::{add_into, mul_into};
 pub use fused::{expand_depthwise, supports_expand_depthwise};
 pub use matmul::batched_matmul;
-pub use pool::adaptive_avg_pool2d;
+pub use pool::{adaptive_avg_pool2d, adaptive_bin};
 pub use resize::resize_bilinear;
 pub use softmax::softmax_rows;
 

@@ -4,8 +4,8 @@ use rayon::prelude::*;
 
 use super::with_scratch;
 
-/// The input range `[floor(i·In/Out), ceil((i+1)·In/Out))` that output bin `i` averages.
-fn bin(i: usize, in_len: usize, out_len: usize) -> (usize, usize) {
+/// The input range `[floor(i·In/Out), ceil((i+1)·In/Out))` that output bin `i` averages (bins may overlap).
+pub fn adaptive_bin(i: usize, in_len: usize, out_len: usize) -> (usize, usize) {
     (i * in_len / out_len, ((i + 1) * in_len).div_ceil(out_len))
 }
 
@@ -27,14 +27,14 @@ pub fn adaptive_avg_pool2d(
     if out.is_empty() {
         return;
     }
-    let cols: Vec<_> = (0..out_w).map(|j| bin(j, in_w, out_w)).collect();
+    let cols: Vec<_> = (0..out_w).map(|j| adaptive_bin(j, in_w, out_w)).collect();
     out.par_chunks_mut(out_h * out_w)
         .zip(input.par_chunks(in_h * in_w))
         .with_min_len((4096 / (in_h * in_w).max(1)).max(1))
         .for_each(|(y, x)| {
             with_scratch(in_w, |col_sums| {
                 for (i, y_row) in y.chunks_exact_mut(out_w).enumerate() {
-                    let (r0, r1) = bin(i, in_h, out_h);
+                    let (r0, r1) = adaptive_bin(i, in_h, out_h);
                     col_sums.fill(0.0);
                     for x_row in x.chunks_exact(in_w).take(r1).skip(r0) {
                         for (s, &v) in col_sums.iter_mut().zip(x_row) {

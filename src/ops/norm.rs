@@ -62,13 +62,24 @@ impl BatchNorm {
         0
     }
 
-    /// Folds this BatchNorm into the conv before it: returns the new weight ([Cout, …]) and bias.
+    /// Folds this BatchNorm into the conv before it: returns the new weight ([Cout, …]) and bias, computed in
+    /// f64 and rounded once: `s = γ/√(var+ε)`, `W' = W·s` per output channel, `b' = (b − mean)·s + β`.
     pub fn fold_into(&self, weight: &[f32], bias: Option<&[f32]>, params: &[&[f32]]) -> (Vec<f32>, Vec<f32>) {
-        let (scale, shift) = self.affine(params);
+        let (gamma, beta, mean, var) = (params[0], params[1], params[2], params[3]);
+        let eps = f64::from(self.eps);
+        let scale: Vec<f64> = (0..self.channels).map(|c| f64::from(gamma[c]) / (f64::from(var[c]) + eps).sqrt()).collect();
         let per_channel = weight.len() / self.channels;
-        let folded_weight =
-            weight.chunks(per_channel).zip(&scale).flat_map(|(w, &s)| w.iter().map(move |v| v * s)).collect();
-        let folded_bias = (0..self.channels).map(|c| bias.map_or(0.0, |b| b[c]) * scale[c] + shift[c]).collect();
+        let folded_weight = weight
+            .chunks(per_channel)
+            .zip(&scale)
+            .flat_map(|(w, &s)| w.iter().map(move |&v| (f64::from(v) * s) as f32))
+            .collect();
+        let folded_bias = (0..self.channels)
+            .map(|c| {
+                let b = bias.map_or(0.0, |b| f64::from(b[c]));
+                ((b - f64::from(mean[c])) * scale[c] + f64::from(beta[c])) as f32
+            })
+            .collect();
         (folded_weight, folded_bias)
     }
 }
