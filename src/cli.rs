@@ -288,12 +288,8 @@ struct ExportArgs {
 fn export(args: &ExportArgs) -> Result<String> {
     let (loaded, graph) = args.spec.compile()?;
     let params = bind_params(&graph, args.weights.as_deref(), args.seed)?;
-    let options = ExportOptions {
-        opset: args.opset,
-        fold_bn: args.fold_bn,
-        with_resize: args.with_resize,
-        argmax: args.argmax,
-    };
+    let options =
+        ExportOptions { opset: args.opset, fold_bn: args.fold_bn, with_resize: args.with_resize, argmax: args.argmax };
     let model = export_model(&graph, &params, &options)?;
     let bytes = model.encode_to_vec();
     write_atomic(&args.output, &bytes)?;

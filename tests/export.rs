@@ -205,6 +205,12 @@ fn every_embedded_spec_exports_exactly_at_512_and_480() {
                     let mut line = embedded.name.to_string();
                     for (side, fold_bn) in [(512, false), (480, true)] {
                         let graph = compile(&spec, side, side).unwrap();
+                        let uneven = graph.nodes().any(|(_, n)| {
+                            let map = &graph.node(n.inputs.first().copied().unwrap_or_default()).shape;
+                            matches!(n.op, Op::AdaptiveAvgPool(_)) && !map[2].is_multiple_of(n.shape[2])
+                        });
+                        // At 480² a segmentor pools its 15×15 and 30×30 maps to 8×8 tokens: the case PyTorch cannot export.
+                        assert_eq!(uneven, side == 480 && spec.task() == Task::Segmentation, "{}", embedded.name);
                         let options = ExportOptions { fold_bn, ..Default::default() };
                         let error = assert_export_matches_forward(&graph, || NodeParams::random(&graph, 0), &options);
                         line.push_str(&format!(" {side}²: {error:.1e}"));
@@ -229,8 +235,10 @@ fn classifier_exports_its_logits() {
     let model = export_model(&graph, &NodeParams::random(&graph, 2), &ExportOptions::default()).unwrap();
     let ops: Vec<String> = model.graph.unwrap().node.iter().rev().take(4).map(|n| n.op_type.clone()).collect();
     assert_eq!(ops, ["Gemm", "BatchNormalization", "Flatten", "GlobalAveragePool"]);
-    for flag in [ExportOptions { argmax: true, ..Default::default() }, ExportOptions { with_resize: true, ..Default::default() }]
-    {
+    for flag in [
+        ExportOptions { argmax: true, ..Default::default() },
+        ExportOptions { with_resize: true, ..Default::default() },
+    ] {
         let error = export_model(&graph, &NodeParams::random(&graph, 2), &flag).unwrap_err().to_string();
         assert!(error.contains("classifier"), "{error}");
     }
@@ -277,7 +285,7 @@ fn the_command_writes_a_model_that_loads() {
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("opset 17 (IR 8)") && stdout.contains("logits [1, 10, 18, 26]"), "{stdout}");
+    assert!(stdout.contains("opset 17 (IR 8)") && stdout.contains("logits [1, 10, 9, 13]"), "{stdout}");
     let model = ModelProto::decode(std::fs::read(&output).unwrap().as_slice()).unwrap();
     assert_eq!(model.opset_import[0].version, 17);
     let names: HashSet<_> = model.graph.unwrap().initializer.into_iter().map(|t| t.name).collect();
@@ -293,8 +301,15 @@ fn bad_input_exits_2_and_leaves_no_file() {
     let micro = fixture("topformer-micro.toml");
     let unknown_opset = toparch(&["export", "--spec", &micro, "--opset", "12", "--output", output]);
     assert_rejected(&unknown_opset, "--opset", &dir);
-    let wrong_weights =
-        toparch(&["export", "--variant", "tiny", "--weights", &fixture("micro/topformer-micro-seed5.pth"), "--output", output]);
+    let wrong_weights = toparch(&[
+        "export",
+        "--variant",
+        "tiny",
+        "--weights",
+        &fixture("micro/topformer-micro-seed5.pth"),
+        "--output",
+        output,
+    ]);
     assert_rejected(&wrong_weights, "weights do not fit topformer-tiny", &dir);
     let classifier = toparch(&["export", "--variant", "tiny-imagenet", "--argmax", "--output", output]);
     assert_rejected(&classifier, "--argmax: topformer-tiny-imagenet is a classifier", &dir);

@@ -251,7 +251,13 @@ impl<'a> Writer<'a> {
             }
             Op::AdaptiveAvgPool(_) => {
                 let input_shape = &self.graph.node(node.inputs[0]).shape;
-                self.adaptive_pool(name, x, output.clone(), (input_shape[2], input_shape[3]), (node.shape[2], node.shape[3]));
+                self.adaptive_pool(
+                    name,
+                    x,
+                    output.clone(),
+                    (input_shape[2], input_shape[3]),
+                    (node.shape[2], node.shape[3]),
+                );
             }
             Op::GlobalAvgPool(_) => {
                 let pooled = format!("{name}.pooled");
@@ -286,7 +292,9 @@ impl<'a> Writer<'a> {
                 }
                 self.emit("MatMul", name, operands, output.clone(), vec![]);
             }
-            Op::Softmax(_) => self.emit("Softmax", name, vec![x], output.clone(), vec![AttributeProto::int("axis", -1)]),
+            Op::Softmax(_) => {
+                self.emit("Softmax", name, vec![x], output.clone(), vec![AttributeProto::int("axis", -1)])
+            }
             Op::Reshape(reshape) => {
                 let shape = self.int64_constant(format!("{name}.shape"), &reshape.shape);
                 self.emit("Reshape", name, vec![x, shape], output.clone(), vec![]);
@@ -339,12 +347,20 @@ impl<'a> Writer<'a> {
     /// PyTorch's `adaptive_avg_pool2d` from `(h, w)` to `(out_h, out_w)`: GlobalAveragePool to 1×1,
     /// AveragePool when both sizes divide, else `A_h · X · A_wᵀ` with constant averaging matrices over
     /// PyTorch's (possibly overlapping) bins, which is exact at any size.
-    fn adaptive_pool(&mut self, name: &str, x: String, output: String, (h, w): (usize, usize), (out_h, out_w): (usize, usize)) {
+    fn adaptive_pool(
+        &mut self,
+        name: &str,
+        x: String,
+        output: String,
+        (h, w): (usize, usize),
+        (out_h, out_w): (usize, usize),
+    ) {
         if (out_h, out_w) == (1, 1) {
             self.emit("GlobalAveragePool", name, vec![x], output, vec![]);
         } else if h.is_multiple_of(out_h) && w.is_multiple_of(out_w) {
             let kernel = [h / out_h, w / out_w];
-            let attributes = vec![AttributeProto::ints("kernel_shape", &kernel), AttributeProto::ints("strides", &kernel)];
+            let attributes =
+                vec![AttributeProto::ints("kernel_shape", &kernel), AttributeProto::ints("strides", &kernel)];
             self.emit("AveragePool", name, vec![x], output, attributes);
         } else {
             let rows = averaging_matrix(h, out_h);
@@ -396,7 +412,10 @@ mod tests {
         assert_eq!(averaging_matrix(4, 2), vec![0.5, 0.5, 0.0, 0.0, 0.0, 0.0, 0.5, 0.5]);
         // 5 → 3: [0, 2), [1, 4), [3, 5).
         let third = 1.0 / 3.0;
-        assert_eq!(averaging_matrix(5, 3), vec![0.5, 0.5, 0., 0., 0., 0., third, third, third, 0., 0., 0., 0., 0.5, 0.5]);
+        assert_eq!(
+            averaging_matrix(5, 3),
+            vec![0.5, 0.5, 0., 0., 0., 0., third, third, third, 0., 0., 0., 0., 0.5, 0.5]
+        );
         assert_eq!(transpose(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 3), vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
     }
 

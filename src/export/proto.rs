@@ -239,7 +239,12 @@ impl AttributeProto {
 
     /// A string attribute.
     pub fn string(name: &str, value: &str) -> Self {
-        AttributeProto { name: name.into(), s: value.as_bytes().to_vec(), r#type: ATTRIBUTE_STRING, ..Default::default() }
+        AttributeProto {
+            name: name.into(),
+            s: value.as_bytes().to_vec(),
+            r#type: ATTRIBUTE_STRING,
+            ..Default::default()
+        }
     }
 
     /// A list-of-integers attribute.

@@ -67,7 +67,8 @@ impl BatchNorm {
     pub fn fold_into(&self, weight: &[f32], bias: Option<&[f32]>, params: &[&[f32]]) -> (Vec<f32>, Vec<f32>) {
         let (gamma, beta, mean, var) = (params[0], params[1], params[2], params[3]);
         let eps = f64::from(self.eps);
-        let scale: Vec<f64> = (0..self.channels).map(|c| f64::from(gamma[c]) / (f64::from(var[c]) + eps).sqrt()).collect();
+        let scale: Vec<f64> =
+            (0..self.channels).map(|c| f64::from(gamma[c]) / (f64::from(var[c]) + eps).sqrt()).collect();
         let per_channel = weight.len() / self.channels;
         let folded_weight = weight
             .chunks(per_channel)
