@@ -7,9 +7,10 @@
 //! channels, pixel tiles, GEMM blocks, batches or rows) and calls single-threaded GEMMs inside, so a
 //! one-thread pool runs everything serially with no nested parallelism.
 //!
-//! SIMD: GEMMs use matrixmultiply's own run-time dispatch; the other hot loops are compiled twice,
-//! once for the baseline target and once with `#[target_feature(enable = "avx2,fma")]`, chosen at run
-//! time with `is_x86_feature_detected!`.
+//! SIMD: GEMMs use matrixmultiply's own run-time dispatch; the other hot loops are compiled for
+//! the baseline target and with `#[target_feature(enable = "avx2,fma")]`, the depthwise kernels
+//! (alone or fused after an expand) also for AVX-512F with 16-lane tiles; [`vector_isa`] picks the
+//! widest the CPU has at run time.
 
 mod activation;
 mod conv;
@@ -18,6 +19,7 @@ mod fused;
 mod matmul;
 mod pool;
 mod resize;
+mod simd;
 mod softmax;
 
 pub use activation::Activation;
@@ -50,24 +52,69 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     result
 }
 
-/// Test-only switch forcing the portable code paths, so that the tests cover both versions.
+/// The vector instruction sets the hand-written kernels are compiled for, narrowest first; the
+/// widest one the CPU has is chosen at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    /// Baseline code for the build target (SSE2 on x86-64), no FMA.
+    Portable,
+    /// 256-bit AVX2 with fused multiply-add.
+    Avx2Fma,
+    /// 512-bit AVX-512F (with AVX2 and FMA): 16-lane tiles in the depthwise kernels.
+    Avx512,
+}
+
+impl Isa {
+    /// Every level, narrowest first.
+    pub const ALL: [Isa; 3] = [Isa::Portable, Isa::Avx2Fma, Isa::Avx512];
+
+    /// Short name, as benchmarks print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2Fma => "avx2+fma",
+            Isa::Avx512 => "avx512f",
+        }
+    }
+
+    /// Whether this CPU can run code compiled for the level.
+    pub fn available(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+            match self {
+                Isa::Portable => true,
+                Isa::Avx2Fma => avx2,
+                Isa::Avx512 => avx2 && is_x86_feature_detected!("avx512f"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Isa::Portable
+        }
+    }
+}
+
+/// Test-only cap on the level the kernels dispatch to, so that the tests cover every path
+/// (`u8::MAX`: no cap).
 #[cfg(test)]
-static PORTABLE_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static MAX_ISA: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
+
+/// The widest vector instruction set this CPU has, which the kernels dispatch to.
+pub fn vector_isa() -> Isa {
+    let detected = *Isa::ALL.iter().rev().find(|isa| isa.available()).unwrap_or(&Isa::Portable);
+    #[cfg(test)]
+    {
+        let cap = MAX_ISA.load(std::sync::atomic::Ordering::Relaxed) as usize;
+        detected.min(Isa::ALL[cap.min(Isa::ALL.len() - 1)])
+    }
+    #[cfg(not(test))]
+    detected
+}
 
 /// Whether the AVX2 + FMA versions of the inner loops may run on this CPU.
 fn has_avx2_fma() -> bool {
-    #[cfg(test)]
-    if PORTABLE_ONLY.load(std::sync::atomic::Ordering::Relaxed) {
-        return false;
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    vector_isa() >= Isa::Avx2Fma
 }
 
 /// `a · b + c`, fused when `FMA` (only instantiate `FMA = true` inside AVX2/FMA-enabled functions,
@@ -126,23 +173,25 @@ mod test_util {
     }
 
     /// Runs `f` inside rayon pools of 1, 2 and 3 threads (serial path, even and uneven splits), each
-    /// with the AVX2 code paths (where the CPU has them) and with the portable ones; `f` gets a label
-    /// of the setup for its messages.
+    /// with every vector instruction set this CPU has (AVX-512, AVX2 and the portable code); `f` gets
+    /// a label of the setup for its messages.
     ///
-    /// Calls are serialised so that the portable switch is stable while `f` runs; kernels called
-    /// elsewhere meanwhile may take either path, which is correct either way.
+    /// Calls are serialised so that the instruction-set cap is stable while `f` runs; kernels called
+    /// elsewhere meanwhile may take any available path, which is correct either way.
     pub fn with_pools(mut f: impl FnMut(&str) + Send) {
+        use super::{Isa, MAX_ISA};
         use std::sync::atomic::Ordering::Relaxed;
         static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        for portable in [false, true] {
-            super::PORTABLE_ONLY.store(portable, Relaxed);
+        for (level, isa) in Isa::ALL.into_iter().enumerate().filter(|(_, isa)| isa.available()) {
+            MAX_ISA.store(level as u8, Relaxed);
+            assert_eq!(super::vector_isa(), isa, "the cap selects the level");
             for threads in [1, 2, 3] {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("build rayon pool");
-                let label = format!("{threads} threads, {}", if portable { "portable" } else { "avx2" });
+                let label = format!("{threads} threads, {}", isa.name());
                 pool.install(|| f(&label));
             }
         }
-        super::PORTABLE_ONLY.store(false, Relaxed);
+        MAX_ISA.store(u8::MAX, Relaxed);
     }
 }
