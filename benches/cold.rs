@@ -13,6 +13,14 @@ use toparch::spec::load_embedded;
 /// Warm runs whose median is reported.
 const WARM_RUNS: usize = 15;
 
+/// Minor page faults of this process so far (field 10 of `/proc/self/stat`; 0 where there is none).
+fn minor_faults() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    fields.get(7).and_then(|f| f.parse().ok()).unwrap_or(0)
+}
+
 fn main() {
     // `cargo bench` appends `--bench`; the first two other arguments are the variant and thread count.
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
@@ -31,9 +39,14 @@ fn main() {
     let start = Instant::now();
     let exec = Executor::new(&graph, params, threads).expect("executor");
     let create_ms = ms(start);
+    let faults = minor_faults();
     let start = Instant::now();
     exec.run(&input, logits, &[logits]).expect("runs");
     let first_ms = ms(start);
+    let first_faults = minor_faults() - faults;
+    let faults = minor_faults();
+    exec.run(&input, logits, &[logits]).expect("runs");
+    let second_faults = minor_faults() - faults;
     let mut warm: Vec<f64> = (0..WARM_RUNS)
         .map(|_| {
             let start = Instant::now();
@@ -45,7 +58,8 @@ fn main() {
     let warm_ms = warm[WARM_RUNS / 2];
     println!(
         "{{\"variant\": \"{variant}\", \"threads\": {threads}, \"isa\": \"{}\", \"random_weights_ms\": {weights_ms:.2}, \
-         \"create_ms\": {create_ms:.2}, \"first_run_ms\": {first_ms:.2}, \"warm_median_ms\": {warm_ms:.2}}}",
+         \"create_ms\": {create_ms:.2}, \"first_run_ms\": {first_ms:.2}, \"warm_median_ms\": {warm_ms:.2}, \
+         \"first_run_page_faults\": {first_faults}, \"second_run_page_faults\": {second_faults}}}",
         vector_isa().name()
     );
 }

@@ -81,7 +81,33 @@ impl<'g> Executor<'g> {
             .map_err(|e| Error::input(format!("cannot start {threads} threads: {e}")))?;
         let plan = Plan::new(graph);
         let work = bind(graph, &plan, params);
-        Ok(Executor { graph, plan, work, pool, spare: Default::default() })
+        let exec = Executor { graph, plan, work, pool, spare: Default::default() };
+        exec.fault_in_buffers();
+        Ok(exec)
+    }
+
+    /// Allocates and writes the buffers a run to the logits (the network's output when it has none)
+    /// takes, following its schedule without computing anything, and leaves them as spares: the first
+    /// run then neither allocates nor faults in fresh pages, like every later one. Such a run holds the
+    /// same buffers, so the peak is unchanged.
+    fn fault_in_buffers(&self) {
+        let g = self.graph;
+        let last = g.tap_node("logits").unwrap_or(g.output());
+        let mut buffers: Vec<Option<Vec<f32>>> = vec![None; g.len()];
+        let mut free = Vec::new();
+        // A run copies its input into a buffer, which joins the spares once it is no longer read.
+        buffers[g.input().index()] = Some(take_buffer(&mut free, numel(g.input_shape()) as usize));
+        for scheduled in &self.plan.schedule(g, last, &[]).steps {
+            let out_index = self.plan.steps[scheduled.step].output();
+            let out_len = numel(&g.node(out_index).shape) as usize;
+            let reused = scheduled.reuses.and_then(|i| buffers[i.index()].take());
+            buffers[out_index.index()] = Some(reused.unwrap_or_else(|| take_buffer(&mut free, out_len)));
+            for i in &scheduled.frees {
+                free.extend(buffers[i.index()].take());
+            }
+        }
+        free.extend(buffers.into_iter().flatten());
+        *self.spare.lock().unwrap_or_else(|e| e.into_inner()) = free;
     }
 
     /// The plan it runs.
@@ -107,8 +133,10 @@ impl<'g> Executor<'g> {
         let g = self.graph;
         let schedule = self.plan.schedule(g, until, keep);
         let mut buffers: Vec<Option<Vec<f32>>> = vec![None; g.len()];
-        buffers[g.input().index()] = Some(input.to_vec());
         let mut free: Vec<Vec<f32>> = std::mem::take(&mut *self.spare.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut input_copy = take_buffer(&mut free, input.len());
+        input_copy.copy_from_slice(input);
+        buffers[g.input().index()] = Some(input_copy);
         let mut macs = vec![0u64; g.len()];
         let mut stats = Vec::with_capacity(schedule.steps.len());
         let mut kept = HashMap::new();

@@ -15,8 +15,8 @@ use ndarray::{s, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
 use super::matmul::{gemm, par_gemm, view2, view2_mut};
-use super::Activation;
 use super::simd::{F32x8, Vector};
+use super::Activation;
 use super::{bias_act, has_avx2_fma, vector_isa, with_scratch, Isa};
 
 /// Dimensions of one 2-D convolution (PyTorch semantics: zero padding, dilation 1).
@@ -354,7 +354,13 @@ fn depthwise<const K: usize, const S: usize>(
 /// activation) into `buf` (at least [`DwPlan::buf_len`] floats) and writes `out`, with the plan's
 /// instruction set.
 #[inline]
-pub(super) fn dw_channel<const K: usize, const S: usize>(x: DwIn, w: &[f32], plan: &DwPlan<S>, buf: &mut [f32], out: DwOut) {
+pub(super) fn dw_channel<const K: usize, const S: usize>(
+    x: DwIn,
+    w: &[f32],
+    plan: &DwPlan<S>,
+    buf: &mut [f32],
+    out: DwOut,
+) {
     let buf = &mut buf[..plan.buf_len()];
     #[cfg(target_arch = "x86_64")]
     {

@@ -14,6 +14,7 @@
 
 mod activation;
 mod conv;
+mod direct;
 mod elementwise;
 mod fused;
 mod matmul;
