@@ -96,21 +96,23 @@ impl Isa {
     }
 }
 
-/// Test-only cap on the level the kernels dispatch to, so that the tests cover every path
-/// (`u8::MAX`: no cap).
-#[cfg(test)]
+/// Cap on the level the kernels dispatch to, as an index into [`Isa::ALL`] (`u8::MAX`: no cap).
 static MAX_ISA: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
 
-/// The widest vector instruction set this CPU has, which the kernels dispatch to.
+/// Limits the kernels to `max` and narrower instruction sets (`None`: the widest the CPU has), for
+/// the whole process from the next kernel call on; every level computes the same results up to float
+/// rounding. Tests use it to cover each path, benchmarks to compare them.
+pub fn limit_isa(max: Option<Isa>) {
+    let level = max.map_or(u8::MAX, |isa| Isa::ALL.iter().position(|&l| l == isa).unwrap_or(0) as u8);
+    MAX_ISA.store(level, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The widest vector instruction set this CPU has within the [`limit_isa`] cap: the one the kernels
+/// dispatch to.
 pub fn vector_isa() -> Isa {
     let detected = *Isa::ALL.iter().rev().find(|isa| isa.available()).unwrap_or(&Isa::Portable);
-    #[cfg(test)]
-    {
-        let cap = MAX_ISA.load(std::sync::atomic::Ordering::Relaxed) as usize;
-        detected.min(Isa::ALL[cap.min(Isa::ALL.len() - 1)])
-    }
-    #[cfg(not(test))]
-    detected
+    let cap = MAX_ISA.load(std::sync::atomic::Ordering::Relaxed) as usize;
+    detected.min(Isa::ALL[cap.min(Isa::ALL.len() - 1)])
 }
 
 /// Whether the AVX2 + FMA versions of the inner loops may run on this CPU.
@@ -180,19 +182,18 @@ mod test_util {
     /// Calls are serialised so that the instruction-set cap is stable while `f` runs; kernels called
     /// elsewhere meanwhile may take any available path, which is correct either way.
     pub fn with_pools(mut f: impl FnMut(&str) + Send) {
-        use super::{Isa, MAX_ISA};
-        use std::sync::atomic::Ordering::Relaxed;
+        use super::{limit_isa, vector_isa, Isa};
         static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        for (level, isa) in Isa::ALL.into_iter().enumerate().filter(|(_, isa)| isa.available()) {
-            MAX_ISA.store(level as u8, Relaxed);
-            assert_eq!(super::vector_isa(), isa, "the cap selects the level");
+        for isa in Isa::ALL.into_iter().filter(|isa| isa.available()) {
+            limit_isa(Some(isa));
+            assert_eq!(vector_isa(), isa, "the cap selects the level");
             for threads in [1, 2, 3] {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("build rayon pool");
                 let label = format!("{threads} threads, {}", isa.name());
                 pool.install(|| f(&label));
             }
         }
-        MAX_ISA.store(u8::MAX, Relaxed);
+        limit_isa(None);
     }
 }
