@@ -6,7 +6,7 @@
 //! reads are computed by one single-threaded GEMM `W[channels, Cin] · X[Cin, rows·W]` into a
 //! thread-local scratch sized to stay in L2, then every channel runs the direct depthwise kernel of
 //! [`conv2d`](super::conv2d) on those rows with the band's own top and bottom padding, applying the
-//! expand bias and activation as it pads them (in L1, in its AVX2 version, with no separate pass; rows
+//! expand bias and activation as it pads them (in L1, in its vector versions, with no separate pass; rows
 //! shared between bands get it once per band). Rows shared with the previous band of the same piece
 //! are kept (moved to the front of the scratch), so only pieces of rows after the first recompute a
 //! halo of `k − stride` expanded rows.

@@ -61,7 +61,7 @@ pub enum Isa {
     Portable,
     /// 256-bit AVX2 with fused multiply-add.
     Avx2Fma,
-    /// 512-bit AVX-512F (with AVX2 and FMA): 16-lane tiles in the depthwise kernels.
+    /// 512-bit AVX-512F (with AVX2 and FMA): 16-lane tiles in the depthwise and direct GEMM kernels.
     Avx512,
 }
 

@@ -57,43 +57,31 @@ mod x86 {
     use super::Vector;
     use std::arch::x86_64::*;
 
-    impl Vector for __m256 {
-        const LANES: usize = 8;
-        #[inline(always)]
-        unsafe fn splat(x: f32) -> Self {
-            _mm256_set1_ps(x)
-        }
-        #[inline(always)]
-        unsafe fn load(src: &[f32]) -> Self {
-            _mm256_loadu_ps(src[..8].as_ptr())
-        }
-        #[inline(always)]
-        unsafe fn mul_add(self, w: Self, acc: Self) -> Self {
-            _mm256_fmadd_ps(self, w, acc)
-        }
-        #[inline(always)]
-        unsafe fn store(self, dst: &mut [f32]) {
-            _mm256_storeu_ps(dst[..8].as_mut_ptr(), self)
-        }
+    /// Implements [`Vector`] for an AVX register type with its set1, loadu, fmadd and storeu intrinsics.
+    macro_rules! avx_vector {
+        ($ty:ty, $lanes:literal, $set1:ident, $load:ident, $fmadd:ident, $store:ident) => {
+            impl Vector for $ty {
+                const LANES: usize = $lanes;
+                #[inline(always)]
+                unsafe fn splat(x: f32) -> Self {
+                    $set1(x)
+                }
+                #[inline(always)]
+                unsafe fn load(src: &[f32]) -> Self {
+                    $load(src[..$lanes].as_ptr())
+                }
+                #[inline(always)]
+                unsafe fn mul_add(self, w: Self, acc: Self) -> Self {
+                    $fmadd(self, w, acc)
+                }
+                #[inline(always)]
+                unsafe fn store(self, dst: &mut [f32]) {
+                    $store(dst[..$lanes].as_mut_ptr(), self)
+                }
+            }
+        };
     }
 
-    impl Vector for __m512 {
-        const LANES: usize = 16;
-        #[inline(always)]
-        unsafe fn splat(x: f32) -> Self {
-            _mm512_set1_ps(x)
-        }
-        #[inline(always)]
-        unsafe fn load(src: &[f32]) -> Self {
-            _mm512_loadu_ps(src[..16].as_ptr())
-        }
-        #[inline(always)]
-        unsafe fn mul_add(self, w: Self, acc: Self) -> Self {
-            _mm512_fmadd_ps(self, w, acc)
-        }
-        #[inline(always)]
-        unsafe fn store(self, dst: &mut [f32]) {
-            _mm512_storeu_ps(dst[..16].as_mut_ptr(), self)
-        }
-    }
+    avx_vector!(__m256, 8, _mm256_set1_ps, _mm256_loadu_ps, _mm256_fmadd_ps, _mm256_storeu_ps);
+    avx_vector!(__m512, 16, _mm512_set1_ps, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_storeu_ps);
 }
