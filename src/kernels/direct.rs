@@ -122,21 +122,29 @@ fn tile<V: Vector, const R: usize, const N: usize>(ops: &mut Operands, i: usize,
     // SAFETY (every `Vector` call below): `V` is an AVX type, and this code only runs inside the
     // `#[target_feature]` function of its instruction set, entered after detection.
     let mut acc = [[unsafe { V::splat(0.0) }; N]; R];
-    let a = &ops.a[i * ops.k..][..R * ops.k];
+    let (k, b_stride) = (ops.k, ops.b_stride);
+    // Bounds checked once here rather than per row of `B`: the `R` rows of `A` and, for every `p < k`,
+    // the `width` values of `B` from `p · b_stride + j` on (whole vectors read only when `full`).
+    let a = &ops.a[i * k..][..R * k];
+    assert!((k - 1) * b_stride + j + width <= ops.b.len(), "B's rows lie inside its slice");
     let mut partial = [0.0f32; 16];
-    for p in 0..ops.k {
-        let row = &ops.b[p * ops.b_stride + j..];
+    for p in 0..k {
+        // SAFETY: in bounds by the assertion above.
+        let row = unsafe { ops.b.as_ptr().add(p * b_stride + j) };
         let mut b = [unsafe { V::splat(0.0) }; N];
         if full {
             for (v, b_v) in b.iter_mut().enumerate() {
-                *b_v = unsafe { V::load(&row[v * l..]) };
+                // SAFETY: `full` means the `N · LANES` values from `row` are the tile's, in bounds.
+                *b_v = unsafe { V::load_ptr(row.add(v * l)) };
             }
         } else {
-            partial[..width].copy_from_slice(&row[..width]);
+            // SAFETY: `width` values from `row` are in bounds (the assertion above).
+            partial[..width].copy_from_slice(unsafe { std::slice::from_raw_parts(row, width) });
             b[0] = unsafe { V::load(&partial) };
         }
         for (r, acc_r) in acc.iter_mut().enumerate() {
-            let w = unsafe { V::splat(a[r * ops.k + p]) };
+            // SAFETY: `a` holds `R · k` values and `r < R`, `p < k`.
+            let w = unsafe { V::splat(*a.get_unchecked(r * k + p)) };
             for (acc_v, &b_v) in acc_r.iter_mut().zip(&b) {
                 *acc_v = unsafe { b_v.mul_add(w, *acc_v) };
             }

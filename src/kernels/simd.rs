@@ -16,6 +16,8 @@ pub(super) trait Vector: Copy {
     unsafe fn splat(x: f32) -> Self;
     /// The first `LANES` values of `src` (panics when it is shorter).
     unsafe fn load(src: &[f32]) -> Self;
+    /// The `LANES` values from `src` on, which must all be readable.
+    unsafe fn load_ptr(src: *const f32) -> Self;
     /// `self · w + acc` lane by lane (fused on the AVX types).
     unsafe fn mul_add(self, w: Self, acc: Self) -> Self;
     /// Writes the lanes to the first `LANES` values of `dst` (panics when it is shorter).
@@ -41,6 +43,10 @@ impl Vector for F32x8 {
     #[inline(always)]
     unsafe fn load(src: &[f32]) -> Self {
         F32x8(src[..8].try_into().expect("eight values"))
+    }
+    #[inline(always)]
+    unsafe fn load_ptr(src: *const f32) -> Self {
+        F32x8(src.cast::<[f32; 8]>().read_unaligned())
     }
     #[inline(always)]
     unsafe fn mul_add(self, w: Self, acc: Self) -> Self {
@@ -69,6 +75,10 @@ mod x86 {
                 #[inline(always)]
                 unsafe fn load(src: &[f32]) -> Self {
                     $load(src[..$lanes].as_ptr())
+                }
+                #[inline(always)]
+                unsafe fn load_ptr(src: *const f32) -> Self {
+                    $load(src)
                 }
                 #[inline(always)]
                 unsafe fn mul_add(self, w: Self, acc: Self) -> Self {
