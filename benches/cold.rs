@@ -1,5 +1,6 @@
 //! Cold start of the forward pass in a fresh process: seeded random weights, executor creation, the
-//! first run and the median of warm runs, for one network at 512×512 and one thread count.
+//! first run and the median of warm runs, the page faults of the first two runs and the process's peak
+//! resident set, for one network at 512×512 and one thread count.
 //!
 //! `cargo bench --bench cold -- VARIANT THREADS` prints one JSON line; `benches/run.sh` runs it once
 //! per network and thread count, each in its own process, so that nothing is warm from another case.
@@ -19,6 +20,13 @@ fn minor_faults() -> u64 {
     // Fields after the command name, which is in parentheses and may hold spaces.
     let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
     fields.get(7).and_then(|f| f.parse().ok()).unwrap_or(0)
+}
+
+/// Peak resident set of this process in MB (`VmHWM` of `/proc/self/status`; 0 where there is none).
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().strip_suffix("kB"));
+    kb.and_then(|v| v.trim().parse::<f64>().ok()).map_or(0.0, |kb| kb / 1024.0)
 }
 
 fn main() {
@@ -59,7 +67,9 @@ fn main() {
     println!(
         "{{\"variant\": \"{variant}\", \"threads\": {threads}, \"isa\": \"{}\", \"random_weights_ms\": {weights_ms:.2}, \
          \"create_ms\": {create_ms:.2}, \"first_run_ms\": {first_ms:.2}, \"warm_median_ms\": {warm_ms:.2}, \
-         \"first_run_page_faults\": {first_faults}, \"second_run_page_faults\": {second_faults}}}",
-        vector_isa().name()
+         \"first_run_page_faults\": {first_faults}, \"second_run_page_faults\": {second_faults}, \
+         \"peak_rss_mb\": {:.1}}}",
+        vector_isa().name(),
+        peak_rss_mb()
     );
 }

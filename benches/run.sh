@@ -47,9 +47,11 @@ for variant in ("tiny", "small", "base"):
         peer = min(rows[(variant, threads)])
         print(f"| TopFormer-{variant[0].upper()} | {threads} | {ours:.1f} | {peer:.1f} | {ours / peer:.2f} |")
 print("\nCold start, each case in a fresh process:\n")
-print("| network (512×512) | threads | random weights (ms) | executor created (ms) | first run (ms) | warm median (ms) | first / warm |")
-print("|---|--:|--:|--:|--:|--:|--:|")
+print("| network (512×512) | threads | random weights (ms) | executor created (ms) | first run (ms) | warm median (ms) "
+      "| first / warm | peak RSS (MB) |")
+print("|---|--:|--:|--:|--:|--:|--:|--:|")
 for c in cold:
     print(f"| TopFormer-{c['variant'][0].upper()} | {c['threads']} | {c['random_weights_ms']:.1f} | {c['create_ms']:.1f} "
-          f"| {c['first_run_ms']:.1f} | {c['warm_median_ms']:.1f} | {c['first_run_ms'] / c['warm_median_ms']:.2f} |")
+          f"| {c['first_run_ms']:.1f} | {c['warm_median_ms']:.1f} | {c['first_run_ms'] / c['warm_median_ms']:.2f} "
+          f"| {c['peak_rss_mb']:.0f} |")
 PY
