@@ -137,6 +137,11 @@ impl SpecArgs {
 
     /// Loads the spec and compiles it at `--res`, else the spec's first published resolution, else 512².
     pub fn compile(&self) -> Result<(LoadedSpec, Graph)> {
+        self.compile_batch(1)
+    }
+
+    /// Like [`SpecArgs::compile`], for a batch of `batch` images.
+    pub fn compile_batch(&self, batch: usize) -> Result<(LoadedSpec, Graph)> {
         let loaded = self.load()?;
         let res = match (&self.res, loaded.spec.published.first()) {
             (Some(res), _) => res.clone(),
@@ -144,7 +149,7 @@ impl SpecArgs {
             (None, None) => "512".into(),
         };
         let (h, w) = parse_resolution(&res)?;
-        let graph = loaded.compile(h, w)?;
+        let graph = loaded.compile_batch(batch, h, w)?;
         Ok((loaded, graph))
     }
 }
@@ -332,6 +337,17 @@ struct ProfileArgs {
     /// Output format.
     #[arg(long, short = 'f', value_enum, default_value = "table")]
     format: Format,
+    /// Images per batch: counts and bytes for the whole batch (params unchanged).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+}
+
+/// `--batch` checked: a batch holds at least one image.
+fn positive_batch(batch: usize) -> Result<usize> {
+    if batch == 0 {
+        return Err(Error::input("--batch must be at least 1"));
+    }
+    Ok(batch)
 }
 
 fn list() -> String {
@@ -346,7 +362,7 @@ fn list() -> String {
 }
 
 fn profile(args: &ProfileArgs) -> Result<String> {
-    let (loaded, graph) = args.spec.compile()?;
+    let (loaded, graph) = args.spec.compile_batch(positive_batch(args.batch)?)?;
     let profile = Profile::new(&graph, &loaded.spec)?;
     Ok(match args.format {
         Format::Table => render_profile(&profile, args.convention, args.depth, Style::Terminal),

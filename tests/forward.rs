@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use toparch::exec::weights::{read_tensors, TensorData};
 use toparch::exec::{read_input, Executor, NodeParams};
 use toparch::graph::{compile, Graph};
+use toparch::kernels::{limit_isa, vector_isa, Isa};
 use toparch::spec::{load_embedded, load_file, Spec};
 
 const TAPS: [&str; 10] =
@@ -33,32 +34,47 @@ fn assert_parity(spec: &Spec, weights: &Path, io: &Path, threads: usize) {
         let got = &out.kept[node];
         let max_err = got.iter().zip(expected).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         let scale = expected.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
-        assert!(max_err <= 1e-4, "{}: {tap} max abs error {max_err} (values up to {scale})", weights.display());
+        let (path, isa) = (weights.display(), vector_isa().name());
+        assert!(max_err <= 1e-4, "{path} ({isa}): {tap} max abs error {max_err} (values up to {scale})");
         assert!(scale > 0.1, "{tap}: reference is degenerate");
     }
 }
 
-#[test]
-fn micro_matches_official_outputs_from_both_weight_formats() {
-    let dir = root().join("tests/fixtures/micro");
-    let io = dir.join("topformer-micro-seed5-io.safetensors");
-    for weights in ["topformer-micro-seed5.safetensors", "topformer-micro-seed5.pth"] {
-        assert_parity(&micro_spec(), &dir.join(weights), &io, 1);
+/// Runs `f` once per vector instruction set this CPU has (AVX-512, AVX2+FMA, portable), with the
+/// kernels limited to it; calls are serialised, since the limit holds for the whole process.
+fn on_every_isa(mut f: impl FnMut(Isa)) {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    for isa in Isa::ALL.into_iter().filter(|isa| isa.available()) {
+        limit_isa(Some(isa));
+        assert_eq!(vector_isa(), isa);
+        f(isa);
     }
-    assert_parity(&micro_spec(), &dir.join("topformer-micro-seed5.pth"), &io, 2);
+    limit_isa(None);
 }
 
 #[test]
-fn tiny_matches_official_outputs_from_both_weight_formats() {
-    let test = "tiny_matches_official_outputs_from_both_weight_formats";
+fn micro_matches_official_outputs_from_both_weight_formats_on_every_isa() {
+    let dir = root().join("tests/fixtures/micro");
+    let io = dir.join("topformer-micro-seed5-io.safetensors");
+    on_every_isa(|_| {
+        for weights in ["topformer-micro-seed5.safetensors", "topformer-micro-seed5.pth"] {
+            assert_parity(&micro_spec(), &dir.join(weights), &io, 1);
+        }
+        assert_parity(&micro_spec(), &dir.join("topformer-micro-seed5.pth"), &io, 2);
+    });
+}
+
+#[test]
+fn tiny_matches_official_outputs_from_both_weight_formats_on_every_isa() {
+    let test = "tiny_matches_official_outputs_from_both_weight_formats_on_every_isa";
     let Some(io) = toparch::testing::shared_file("reference/topformer-tiny-seed0-io.safetensors", test) else {
         return;
     };
     let dir = io.parent().unwrap().to_path_buf();
     let spec = load_embedded("tiny").unwrap().spec;
-    for weights in ["topformer-tiny-seed0.safetensors", "topformer-tiny-seed0.pth"] {
-        assert_parity(&spec, &dir.join(weights), &io, 2);
-    }
+    on_every_isa(|_| assert_parity(&spec, &dir.join("topformer-tiny-seed0.safetensors"), &io, 2));
+    assert_parity(&spec, &dir.join("topformer-tiny-seed0.pth"), &io, 2);
 }
 
 fn run_random(graph: &Graph, threads: usize) -> toparch::exec::RunOutput {

@@ -15,8 +15,9 @@ use ndarray::{s, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
 use super::matmul::{gemm, par_gemm, view2, view2_mut};
+use super::simd::{F32x8, Vector};
 use super::Activation;
-use super::{bias_act, has_avx2_fma, madd, with_scratch};
+use super::{bias_act, has_avx2_fma, vector_isa, with_scratch, Isa};
 
 /// Dimensions of one 2-D convolution (PyTorch semantics: zero padding, dilation 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -251,6 +252,10 @@ pub(super) struct DwPlan<const S: usize> {
     out_w: usize,
     phase_w: usize,
     rows: usize,
+    /// The instruction set the plane is computed with.
+    isa: Isa,
+    /// Output columns per vector of the register tiles: 16 with AVX-512 on planes wider than 8, else 8.
+    lanes: usize,
     /// Per phase: the positions `lo..hi` that hold input columns, and the first such column.
     spans: [(usize, usize, usize); S],
 }
@@ -276,8 +281,10 @@ pub(super) struct DwOut<'a> {
     pub(super) act: Option<Activation>,
 }
 
-/// Output columns per vector.
+/// Output columns per vector of the AVX2 and portable tiles (and of AVX-512 tiles on narrow planes).
 const LANES: usize = 8;
+/// Output columns per vector of the AVX-512 tiles.
+const LANES_512: usize = 16;
 /// Vectors per register tile in the wide part of a row.
 const WIDE: usize = 4;
 
@@ -285,9 +292,11 @@ impl<const S: usize> DwPlan<S> {
     /// Plan for output rows `oy0..oy0 + out_h` of the depthwise convolution `d` with a `K × K` kernel.
     ///
     /// The band reads padded rows `oy0·S..oy0·S + rows`, that is input rows from
-    /// [`first_input_row`](Self::first_input_row) on; the caller passes those that exist.
-    pub(super) fn new<const K: usize>(d: &Conv2dDims, oy0: usize, out_h: usize) -> Self {
-        let phase_w = d.out_w.next_multiple_of(LANES) + (K - 1) / S;
+    /// [`first_input_row`](Self::first_input_row) on; the caller passes those that exist. The plane
+    /// is computed with `isa` (at most [`vector_isa`]).
+    pub(super) fn new<const K: usize>(d: &Conv2dDims, oy0: usize, out_h: usize, isa: Isa) -> Self {
+        let lanes = if isa == Isa::Avx512 && d.out_w > LANES { LANES_512 } else { LANES };
+        let phase_w = d.out_w.next_multiple_of(lanes) + (K - 1) / S;
         let spans = std::array::from_fn(|phase| {
             let (lo, hi) = valid_range(phase, d.pad_w, S, d.in_w, phase_w);
             let hi = hi.max(lo);
@@ -300,6 +309,8 @@ impl<const S: usize> DwPlan<S> {
             out_w: d.out_w,
             phase_w,
             rows: (out_h - 1) * S + K,
+            isa,
+            lanes,
             spans,
         }
     }
@@ -324,9 +335,8 @@ fn depthwise<const K: usize, const S: usize>(
     act: Option<Activation>,
     out: &mut [f32],
 ) -> u64 {
-    let plan = DwPlan::<S>::new::<K>(d, 0, d.out_h);
+    let plan = DwPlan::<S>::new::<K>(d, 0, d.out_h, vector_isa());
     let (in_plane, out_plane) = (d.in_h * d.in_w, d.out_h * d.out_w);
-    let fma = has_avx2_fma();
     out.par_chunks_mut(out_plane)
         .enumerate()
         .with_min_len((4096 / (out_plane * K * K)).max(1))
@@ -334,16 +344,15 @@ fn depthwise<const K: usize, const S: usize>(
             let x = DwIn { x: &input[c * in_plane..][..in_plane], bias: 0.0, act: None };
             let w = &weight[c * K * K..][..K * K];
             let out = DwOut { y, bias: bias.map_or(0.0, |b| b[c]), act };
-            with_scratch(plan.buf_len(), |buf| dw_channel::<K, S>(x, w, &plan, buf, out, fma));
+            with_scratch(plan.buf_len(), |buf| dw_channel::<K, S>(x, w, &plan, buf, out));
             (out_plane * K * K) as u64
         })
         .sum()
 }
 
 /// One depthwise channel (or band of it): pads the input rows `x` (applying their pending bias and
-/// activation) into `buf` (at least
-/// [`DwPlan::buf_len`] floats) and writes `out`; `fma` selects the AVX2/FMA version (only pass `true`
-/// after [`has_avx2_fma`]).
+/// activation) into `buf` (at least [`DwPlan::buf_len`] floats) and writes `out`, with the plan's
+/// instruction set.
 #[inline]
 pub(super) fn dw_channel<const K: usize, const S: usize>(
     x: DwIn,
@@ -351,29 +360,46 @@ pub(super) fn dw_channel<const K: usize, const S: usize>(
     plan: &DwPlan<S>,
     buf: &mut [f32],
     out: DwOut,
-    fma: bool,
 ) {
     let buf = &mut buf[..plan.buf_len()];
     #[cfg(target_arch = "x86_64")]
-    if fma {
-        // SAFETY: callers pass `fma = true` only when AVX2 and FMA were detected on this CPU.
-        unsafe { dw_plane_avx2::<K, S>(x, w, plan, buf, out) };
-        return;
+    {
+        use std::arch::x86_64::{__m256, __m512};
+        match (plan.isa, plan.lanes) {
+            // SAFETY: plans name an instruction set only after `vector_isa` detected it on this CPU.
+            (Isa::Avx512, LANES_512) => return unsafe { dw_plane_avx512::<K, S, __m512>(x, w, plan, buf, out) },
+            (Isa::Avx512, _) => return unsafe { dw_plane_avx512::<K, S, __m256>(x, w, plan, buf, out) },
+            (Isa::Avx2Fma, _) => return unsafe { dw_plane_avx2::<K, S>(x, w, plan, buf, out) },
+            (Isa::Portable, _) => {}
+        }
     }
-    let _ = fma;
-    dw_plane::<K, S, false>(x, w, plan, buf, out);
+    dw_plane::<K, S, F32x8, false>(x, w, plan, buf, out);
 }
 
 /// [`dw_plane`] compiled for AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn dw_plane_avx2<const K: usize, const S: usize>(x: DwIn, w: &[f32], p: &DwPlan<S>, buf: &mut [f32], y: DwOut) {
-    dw_plane::<K, S, true>(x, w, p, buf, y);
+    dw_plane::<K, S, std::arch::x86_64::__m256, true>(x, w, p, buf, y);
 }
 
-/// One depthwise channel: pads `x` into `buf`, then computes the output two rows at a time.
+/// [`dw_plane`] compiled for AVX-512F, with tiles of `V` (512- or, on narrow planes, 256-bit vectors).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn dw_plane_avx512<const K: usize, const S: usize, V: Vector>(
+    x: DwIn,
+    w: &[f32],
+    p: &DwPlan<S>,
+    buf: &mut [f32],
+    y: DwOut,
+) {
+    dw_plane::<K, S, V, true>(x, w, p, buf, y);
+}
+
+/// One depthwise channel: pads `x` into `buf`, then computes the output two rows at a time in tiles
+/// of `V` vectors (`FMA`: the caller is compiled for AVX2 and FMA).
 #[inline(always)]
-fn dw_plane<const K: usize, const S: usize, const FMA: bool>(
+fn dw_plane<const K: usize, const S: usize, V: Vector, const FMA: bool>(
     x: DwIn,
     w: &[f32],
     p: &DwPlan<S>,
@@ -382,19 +408,20 @@ fn dw_plane<const K: usize, const S: usize, const FMA: bool>(
 ) {
     dw_pad::<S, FMA>(x, p, buf);
     let mut oy = 0;
-    if p.out_w <= 2 * LANES {
+    debug_assert_eq!(p.lanes, V::LANES);
+    if p.out_w <= 2 * V::LANES {
         // Narrow planes have too few columns for independent accumulators: take four rows at once.
         while oy + 4 <= p.out_h {
-            dw_rows::<K, S, 4, FMA>(buf, p, w, oy, &mut y);
+            dw_rows::<K, S, V, 4>(buf, p, w, oy, &mut y);
             oy += 4;
         }
     }
     while oy + 2 <= p.out_h {
-        dw_rows::<K, S, 2, FMA>(buf, p, w, oy, &mut y);
+        dw_rows::<K, S, V, 2>(buf, p, w, oy, &mut y);
         oy += 2;
     }
     if oy < p.out_h {
-        dw_rows::<K, S, 1, FMA>(buf, p, w, oy, &mut y);
+        dw_rows::<K, S, V, 1>(buf, p, w, oy, &mut y);
     }
 }
 
@@ -474,38 +501,39 @@ fn even_lanes_avx2(dst: &mut [f32], src: &[f32]) -> usize {
     n * LANES
 }
 
-/// Output rows `oy..oy + R` of one depthwise channel, in register tiles of `WIDE`, 2 and 1 vectors,
-/// then bias and activation while the rows are in L1.
+/// Output rows `oy..oy + R` of one depthwise channel, in register tiles of `WIDE`, 2 and 1 vectors
+/// `V`, then bias and activation while the rows are in L1.
 #[inline(always)]
-fn dw_rows<const K: usize, const S: usize, const R: usize, const FMA: bool>(
+fn dw_rows<const K: usize, const S: usize, V: Vector, const R: usize>(
     buf: &[f32],
     p: &DwPlan<S>,
     w: &[f32],
     oy: usize,
     y: &mut DwOut,
 ) {
-    let padded_w = p.out_w.next_multiple_of(LANES);
+    let l = V::LANES;
+    let padded_w = p.out_w.next_multiple_of(l);
     let mut x0 = 0;
     // At most 8 accumulator registers: wide tiles only when taking at most two rows.
-    while R <= 2 && x0 + WIDE * LANES <= padded_w {
-        dw_tile::<K, S, WIDE, R, FMA>(buf, p, w, oy, x0, y);
-        x0 += WIDE * LANES;
+    while R <= 2 && x0 + WIDE * l <= padded_w {
+        dw_tile::<K, S, V, WIDE, R>(buf, p, w, oy, x0, y);
+        x0 += WIDE * l;
     }
-    while x0 + 2 * LANES <= padded_w {
-        dw_tile::<K, S, 2, R, FMA>(buf, p, w, oy, x0, y);
-        x0 += 2 * LANES;
+    while x0 + 2 * l <= padded_w {
+        dw_tile::<K, S, V, 2, R>(buf, p, w, oy, x0, y);
+        x0 += 2 * l;
     }
     while x0 < padded_w {
-        dw_tile::<K, S, 1, R, FMA>(buf, p, w, oy, x0, y);
-        x0 += LANES;
+        dw_tile::<K, S, V, 1, R>(buf, p, w, oy, x0, y);
+        x0 += l;
     }
     bias_act(y.y[oy * p.out_w..(oy + R) * p.out_w].iter_mut(), y.bias, y.act);
 }
 
-/// Computes the `R × V × LANES` outputs starting at row `oy`, column `x0` in registers and stores
-/// those that lie inside the plane.
+/// Computes the `R × N` vectors of outputs starting at row `oy`, column `x0` in registers and stores
+/// the values that lie inside the plane.
 #[inline(always)]
-fn dw_tile<const K: usize, const S: usize, const V: usize, const R: usize, const FMA: bool>(
+fn dw_tile<const K: usize, const S: usize, V: Vector, const N: usize, const R: usize>(
     buf: &[f32],
     p: &DwPlan<S>,
     w: &[f32],
@@ -513,35 +541,31 @@ fn dw_tile<const K: usize, const S: usize, const V: usize, const R: usize, const
     x0: usize,
     y: &mut DwOut,
 ) {
-    let (phase_w, row_stride) = (p.phase_w, S * p.phase_w);
+    let (phase_w, row_stride, l) = (p.phase_w, S * p.phase_w, V::LANES);
     let w = &w[..K * K];
-    let mut acc = [[[0.0f32; LANES]; V]; R];
+    // SAFETY (every `Vector` call below): `V` is the portable type or an AVX type whose kernels are
+    // only entered through `dw_channel`, after `vector_isa` detected its instruction set.
+    let mut acc = [[unsafe { V::splat(0.0) }; N]; R];
     for ky in 0..K {
         for kx in 0..K {
-            let wk = w[ky * K + kx];
+            let wk = unsafe { V::splat(w[ky * K + kx]) };
             for (r, acc_r) in acc.iter_mut().enumerate() {
                 let start = ((oy + r) * S + ky) * row_stride + (kx % S) * phase_w + kx / S + x0;
-                let src = &buf[start..start + V * LANES];
-                for (acc_v, src_v) in acc_r.iter_mut().zip(src.chunks_exact(LANES)) {
-                    for (a, &s) in acc_v.iter_mut().zip(src_v) {
-                        *a = madd::<FMA>(wk, s, *a);
-                    }
+                let src = &buf[start..start + N * l];
+                for (n, a) in acc_r.iter_mut().enumerate() {
+                    *a = unsafe { V::load(&src[n * l..]).mul_add(wk, *a) };
                 }
             }
         }
     }
     for (r, acc_r) in acc.iter().enumerate() {
         let row = &mut y.y[(oy + r) * p.out_w..][..p.out_w];
-        for (v, &values) in acc_r.iter().enumerate() {
-            // Storing from a copy keeps `acc` itself free of variable-length accesses, so it can
-            // live in registers across the tap loop.
-            let x = x0 + v * LANES;
-            if x + LANES <= p.out_w {
-                row[x..x + LANES].copy_from_slice(&values);
+        for (n, &values) in acc_r.iter().enumerate() {
+            let x = x0 + n * l;
+            if x + l <= p.out_w {
+                unsafe { values.store(&mut row[x..]) };
             } else if x < p.out_w {
-                for (o, a) in row[x..].iter_mut().zip(values) {
-                    *o = a;
-                }
+                unsafe { values.store_prefix(&mut row[x..]) };
             }
         }
     }

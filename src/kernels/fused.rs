@@ -6,7 +6,7 @@
 //! reads are computed by one single-threaded GEMM `W[channels, Cin] · X[Cin, rows·W]` into a
 //! thread-local scratch sized to stay in L2, then every channel runs the direct depthwise kernel of
 //! [`conv2d`](super::conv2d) on those rows with the band's own top and bottom padding, applying the
-//! expand bias and activation as it pads them (in L1, in its AVX2 version, with no separate pass; rows
+//! expand bias and activation as it pads them (in L1, in its vector versions, with no separate pass; rows
 //! shared between bands get it once per band). Rows shared with the previous band of the same piece
 //! are kept (moved to the front of the scratch), so only pieces of rows after the first recompute a
 //! halo of `k − stride` expanded rows.
@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use super::conv::{conv2d, dw_channel, Conv2dDims, DwIn, DwOut, DwPlan};
 use super::matmul::{gemm, view2};
 use super::Activation;
-use super::{has_avx2_fma, with_scratch};
+use super::{vector_isa, with_scratch, Isa};
 
 /// Floats of expanded rows a band holds (768 KB): with the padded band plane and the streamed input
 /// rows it about fills one core's 1 MB L2 on the target machines. In A/B runs over 16²–256² pairs,
@@ -159,7 +159,7 @@ fn fused<const K: usize, const S: usize>(p: &Pair, out: &mut [f32]) -> (u64, u64
     let budget_rows = BAND_FLOATS / (piece_c * e.in_w);
     let height = if budget_rows >= K { (budget_rows - K) / S + 1 } else { 1 }.min(piece_h);
     let bands = Bands { height, capacity: (height - 1) * S + K };
-    let fma = has_avx2_fma();
+    let isa = vector_isa();
     let mut y =
         ArrayViewMut3::from_shape((hidden, d.out_h, d.out_w), out).expect("output length checked by the caller");
     let pieces: Vec<_> = if by_rows {
@@ -167,7 +167,7 @@ fn fused<const K: usize, const S: usize>(p: &Pair, out: &mut [f32]) -> (u64, u64
     } else {
         y.axis_chunks_iter_mut(Axis(0), piece_c).enumerate().map(|(i, piece)| (i * piece_c, 0, piece)).collect()
     };
-    pieces.into_par_iter().for_each(|(c0, oy0, piece)| run_piece::<K, S>(p, c0, oy0, piece, bands, fma));
+    pieces.into_par_iter().for_each(|(c0, oy0, piece)| run_piece::<K, S>(p, c0, oy0, piece, bands, isa));
     let macs = |a: usize, b: usize, c: usize, k: usize| (a * b * c * k) as u64;
     (macs(hidden, e.in_h, e.in_w, e.in_channels), macs(hidden, d.out_h, d.out_w, K * K))
 }
@@ -180,19 +180,19 @@ fn run_piece<const K: usize, const S: usize>(
     oy0: usize,
     mut piece: ArrayViewMut3<f32>,
     bands: Bands,
-    fma: bool,
+    isa: Isa,
 ) {
     let (e, d) = (p.e, p.d);
     let (channels, w) = (piece.len_of(Axis(0)), e.in_w);
     let channel_len = bands.channel_stride(w);
-    let buf_len = DwPlan::<S>::new::<K>(d, 0, bands.height).buf_len();
+    let buf_len = DwPlan::<S>::new::<K>(d, 0, bands.height, isa).buf_len();
     with_scratch(channels * channel_len + buf_len, |scratch| {
         let (expanded, buf) = scratch.split_at_mut(channels * channel_len);
         // Input rows `held.0..held.1` are expanded in rows `0..` of every channel's scratch.
         let mut held = (0, 0);
         for (b, mut band) in piece.axis_chunks_iter_mut(Axis(1), bands.height).enumerate() {
             let band_oy0 = oy0 + b * bands.height;
-            let plan = DwPlan::<S>::new::<K>(d, band_oy0, band.len_of(Axis(1)));
+            let plan = DwPlan::<S>::new::<K>(d, band_oy0, band.len_of(Axis(1)), isa);
             let first = DwPlan::<S>::first_input_row(d, band_oy0);
             let end = ((band_oy0 + band.len_of(Axis(1)) - 1) * S + K).saturating_sub(d.pad_h).min(e.in_h);
             let keep = if held.0 <= first && first < held.1 { held.1 - first } else { 0 };
@@ -208,7 +208,7 @@ fn run_piece<const K: usize, const S: usize>(
                 let y = y.as_slice_mut().expect("one channel's rows of a band are contiguous");
                 let x = DwIn { x: &channel[..(end - first) * w], bias: p.eb[c], act: p.eact };
                 let out = DwOut { y, bias: p.db[c], act: p.dact };
-                dw_channel::<K, S>(x, &p.dw[c * K * K..][..K * K], &plan, buf, out, fma);
+                dw_channel::<K, S>(x, &p.dw[c * K * K..][..K * K], &plan, buf, out);
             }
         }
     });

@@ -1,9 +1,13 @@
-//! Matrix products on top of `ndarray::linalg::general_mat_mul` (matrixmultiply's AVX2/FMA sgemm):
-//! a block-parallel GEMM shared with the convolutions, and the batched matmul of attention.
+//! Matrix products: the direct register-blocked kernels of [`direct`](super::direct) for row-major
+//! weights times rows of pixels, `ndarray::linalg::general_mat_mul` (matrixmultiply's sgemm) for the
+//! rest and on the portable path; a block-parallel GEMM shared with the convolutions, and the batched
+//! matmul of attention.
 
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
+
+use super::{direct, vector_isa};
 
 /// Below this many multiply-accumulates a GEMM is not worth splitting across threads.
 const PAR_MIN_MACS: usize = 1 << 15;
@@ -18,9 +22,12 @@ pub(super) fn view2_mut(data: &mut [f32], rows: usize, cols: usize) -> ArrayView
     ArrayViewMut2::from_shape((rows, cols), &mut data[..rows * cols]).expect("an exact-length slice fits its shape")
 }
 
-/// Single-threaded `c ← a · b`; returns the multiply-accumulates performed.
+/// Single-threaded `c ← a · b`: the direct register-blocked kernels where the instruction set and the
+/// layouts allow, matrixmultiply otherwise; returns the multiply-accumulates performed.
 pub(super) fn gemm(a: &ArrayView2<f32>, b: &ArrayView2<f32>, c: &mut ArrayViewMut2<f32>) -> u64 {
-    general_mat_mul(1.0, a, b, 0.0, c);
+    if !direct::try_gemm(a, b, c, vector_isa()) {
+        general_mat_mul(1.0, a, b, 0.0, c);
+    }
     (a.nrows() * a.ncols() * b.ncols()) as u64
 }
 

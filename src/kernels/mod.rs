@@ -7,17 +7,20 @@
 //! channels, pixel tiles, GEMM blocks, batches or rows) and calls single-threaded GEMMs inside, so a
 //! one-thread pool runs everything serially with no nested parallelism.
 //!
-//! SIMD: GEMMs use matrixmultiply's own run-time dispatch; the other hot loops are compiled twice,
-//! once for the baseline target and once with `#[target_feature(enable = "avx2,fma")]`, chosen at run
-//! time with `is_x86_feature_detected!`.
+//! SIMD: GEMMs use matrixmultiply's own run-time dispatch; the other hot loops are compiled for
+//! the baseline target and with `#[target_feature(enable = "avx2,fma")]`, the depthwise kernels
+//! (alone or fused after an expand) also for AVX-512F with 16-lane tiles; [`vector_isa`] picks the
+//! widest the CPU has at run time.
 
 mod activation;
 mod conv;
+mod direct;
 mod elementwise;
 mod fused;
 mod matmul;
 mod pool;
 mod resize;
+mod simd;
 mod softmax;
 
 pub use activation::Activation;
@@ -50,24 +53,71 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     result
 }
 
-/// Test-only switch forcing the portable code paths, so that the tests cover both versions.
-#[cfg(test)]
-static PORTABLE_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The vector instruction sets the hand-written kernels are compiled for, narrowest first; the
+/// widest one the CPU has is chosen at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    /// Baseline code for the build target (SSE2 on x86-64), no FMA.
+    Portable,
+    /// 256-bit AVX2 with fused multiply-add.
+    Avx2Fma,
+    /// 512-bit AVX-512F (with AVX2 and FMA): 16-lane tiles in the depthwise and direct GEMM kernels.
+    Avx512,
+}
+
+impl Isa {
+    /// Every level, narrowest first.
+    pub const ALL: [Isa; 3] = [Isa::Portable, Isa::Avx2Fma, Isa::Avx512];
+
+    /// Short name, as benchmarks print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2Fma => "avx2+fma",
+            Isa::Avx512 => "avx512f",
+        }
+    }
+
+    /// Whether this CPU can run code compiled for the level.
+    pub fn available(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+            match self {
+                Isa::Portable => true,
+                Isa::Avx2Fma => avx2,
+                Isa::Avx512 => avx2 && is_x86_feature_detected!("avx512f"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Isa::Portable
+        }
+    }
+}
+
+/// Cap on the level the kernels dispatch to, as an index into [`Isa::ALL`] (`u8::MAX`: no cap).
+static MAX_ISA: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
+
+/// Limits the kernels to `max` and narrower instruction sets (`None`: the widest the CPU has), for
+/// the whole process from the next kernel call on; every level computes the same results up to float
+/// rounding. Tests use it to cover each path, benchmarks to compare them.
+pub fn limit_isa(max: Option<Isa>) {
+    let level = max.map_or(u8::MAX, |isa| Isa::ALL.iter().position(|&l| l == isa).unwrap_or(0) as u8);
+    MAX_ISA.store(level, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The widest vector instruction set this CPU has within the [`limit_isa`] cap: the one the kernels
+/// dispatch to.
+pub fn vector_isa() -> Isa {
+    let detected = *Isa::ALL.iter().rev().find(|isa| isa.available()).unwrap_or(&Isa::Portable);
+    let cap = MAX_ISA.load(std::sync::atomic::Ordering::Relaxed) as usize;
+    detected.min(Isa::ALL[cap.min(Isa::ALL.len() - 1)])
+}
 
 /// Whether the AVX2 + FMA versions of the inner loops may run on this CPU.
 fn has_avx2_fma() -> bool {
-    #[cfg(test)]
-    if PORTABLE_ONLY.load(std::sync::atomic::Ordering::Relaxed) {
-        return false;
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    vector_isa() >= Isa::Avx2Fma
 }
 
 /// `a · b + c`, fused when `FMA` (only instantiate `FMA = true` inside AVX2/FMA-enabled functions,
@@ -126,23 +176,24 @@ mod test_util {
     }
 
     /// Runs `f` inside rayon pools of 1, 2 and 3 threads (serial path, even and uneven splits), each
-    /// with the AVX2 code paths (where the CPU has them) and with the portable ones; `f` gets a label
-    /// of the setup for its messages.
+    /// with every vector instruction set this CPU has (AVX-512, AVX2 and the portable code); `f` gets
+    /// a label of the setup for its messages.
     ///
-    /// Calls are serialised so that the portable switch is stable while `f` runs; kernels called
-    /// elsewhere meanwhile may take either path, which is correct either way.
+    /// Calls are serialised so that the instruction-set cap is stable while `f` runs; kernels called
+    /// elsewhere meanwhile may take any available path, which is correct either way.
     pub fn with_pools(mut f: impl FnMut(&str) + Send) {
-        use std::sync::atomic::Ordering::Relaxed;
+        use super::{limit_isa, vector_isa, Isa};
         static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        for portable in [false, true] {
-            super::PORTABLE_ONLY.store(portable, Relaxed);
+        for isa in Isa::ALL.into_iter().filter(|isa| isa.available()) {
+            limit_isa(Some(isa));
+            assert_eq!(vector_isa(), isa, "the cap selects the level");
             for threads in [1, 2, 3] {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("build rayon pool");
-                let label = format!("{threads} threads, {}", if portable { "portable" } else { "avx2" });
+                let label = format!("{threads} threads, {}", isa.name());
                 pool.install(|| f(&label));
             }
         }
-        super::PORTABLE_ONLY.store(false, Relaxed);
+        limit_isa(None);
     }
 }

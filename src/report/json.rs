@@ -1,7 +1,7 @@
 //! The stable JSON contract of `toparch profile --format json`.
 
 use super::rows::Depth;
-use crate::cost::{Comparison, Convention, Cost, Group, Layer, Profile};
+use crate::cost::{Comparison, Convention, Cost, Group, Layer, Memory, ParamBytes, Profile};
 use crate::graph::Stage;
 use serde::Serialize;
 
@@ -9,17 +9,47 @@ use serde::Serialize;
 struct JsonProfile<'a> {
     spec: &'a str,
     input: &'a [usize],
+    #[serde(skip_serializing_if = "is_one")]
+    batch: usize,
     convention: &'static str,
     params: u64,
     buffers: u64,
     flops: u64,
     conventions: Cost,
     published: &'a [Comparison],
+    memory: JsonMemory<'a>,
     stages: Vec<JsonGroup<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     blocks: Option<Vec<JsonGroup<'a>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     layers: Option<Vec<JsonGroup<'a>>>,
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
+}
+
+#[derive(Serialize)]
+struct JsonMemory<'a> {
+    params_bytes: ParamBytes,
+    buffers_bytes: u64,
+    activation_bytes: u64,
+    peak_activation_bytes: u64,
+    arena_bytes: u64,
+    peak_at: &'a str,
+}
+
+impl<'a> JsonMemory<'a> {
+    fn new(m: &'a Memory) -> Self {
+        JsonMemory {
+            params_bytes: m.params_bytes,
+            buffers_bytes: m.buffers_bytes,
+            activation_bytes: m.activation_bytes,
+            peak_activation_bytes: m.peak_activation_bytes,
+            arena_bytes: m.arena_bytes,
+            peak_at: &m.peak_at,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -31,6 +61,7 @@ struct JsonGroup<'a> {
     params: u64,
     flops: u64,
     conventions: Cost,
+    activation_bytes: u64,
     output_shape: &'a [usize],
 }
 
@@ -44,6 +75,7 @@ impl<'a> JsonGroup<'a> {
             params,
             flops: cost.get(convention),
             conventions: cost,
+            activation_bytes: g.activation_bytes,
             output_shape: &g.output_shape,
         }
     }
@@ -57,6 +89,7 @@ impl<'a> JsonGroup<'a> {
             params,
             flops: cost.get(convention),
             conventions: cost,
+            activation_bytes: l.activation_bytes,
             output_shape: &l.output_shape,
         }
     }
@@ -68,12 +101,14 @@ pub fn profile_json(profile: &Profile, convention: Convention, depth: Depth) -> 
     let json = JsonProfile {
         spec: &profile.spec,
         input: &profile.input,
+        batch: profile.batch,
         convention: convention.name(),
         params: profile.params,
         buffers: profile.buffers,
         flops: profile.flops(convention),
         conventions: profile.cost,
         published: &profile.published,
+        memory: JsonMemory::new(&profile.memory),
         stages: profile.stages.iter().map(|g| JsonGroup::group(g, convention)).collect(),
         blocks: (depth != Depth::Stage)
             .then(|| profile.blocks.iter().map(|g| JsonGroup::group(g, convention)).collect()),
