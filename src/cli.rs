@@ -101,7 +101,7 @@ pub struct SpecArgs {
     /// A spec file (TOML); it may `extends` an embedded spec.
     #[arg(long)]
     spec: Option<PathBuf>,
-    /// Input resolution: 512 or HxW such as 1024x2048. Defaults to the spec's first published resolution, else 512.
+    /// Input resolution: 512 or HxW such as 1024x2048. Defaults to the spec's `res` (see `toparch list`).
     #[arg(long, short = 'r')]
     res: Option<String>,
     /// Override the number of classes.
@@ -131,15 +131,10 @@ impl SpecArgs {
         self.res.as_deref().map(parse_resolution).transpose()
     }
 
-    /// Loads the spec and compiles it at `--res`, else the spec's first published resolution, else 512².
+    /// Loads the spec and compiles it at `--res`, else the spec's default resolution.
     pub fn compile(&self) -> Result<(LoadedSpec, Graph)> {
         let loaded = self.load()?;
-        let res = match (&self.res, loaded.spec.published.first()) {
-            (Some(res), _) => res.clone(),
-            (None, Some(p)) => p.res.clone(),
-            (None, None) => "512".into(),
-        };
-        let (h, w) = parse_resolution(&res)?;
+        let (h, w) = self.resolution()?.unwrap_or_else(|| loaded.spec.default_resolution());
         let graph = loaded.compile(h, w)?;
         Ok((loaded, graph))
     }
@@ -270,12 +265,35 @@ struct ProfileArgs {
     format: Format,
 }
 
+/// The embedded specs grouped by task and dataset (in the order they first appear), each with its default
+/// resolution.
 fn list() -> String {
-    let mut out = String::new();
+    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
     for embedded in embedded_specs() {
-        match load_embedded(embedded.name) {
-            Ok(loaded) => out.push_str(&format!("{:<28} {}\n", embedded.name, loaded.spec.description)),
-            Err(e) => out.push_str(&format!("{:<28} (invalid: {e})\n", embedded.name)),
+        let (group, line) = match load_embedded(embedded.name) {
+            Ok(loaded) => {
+                let spec = &loaded.spec;
+                let task = match spec.task() {
+                    Task::Segmentation => "segmentation",
+                    Task::Classification => "classification",
+                };
+                let (h, w) = spec.default_resolution();
+                let res = format!("{h}x{w}");
+                (format!("{task}, {}", spec.dataset), format!("  {:<34} {res:<10} {}", embedded.name, spec.description))
+            }
+            Err(e) => ("invalid".to_string(), format!("  {:<34} {e}", embedded.name)),
+        };
+        match groups.iter_mut().find(|(g, _)| *g == group) {
+            Some((_, lines)) => lines.push(line),
+            None => groups.push((group, vec![line])),
+        }
+    }
+    let mut out = format!("  {:<34} {:<10} description\n", "spec (--variant)", "default res");
+    for (group, lines) in groups {
+        out.push_str(&format!("{group}\n"));
+        for line in lines {
+            out.push_str(&line);
+            out.push('\n');
         }
     }
     out
