@@ -101,7 +101,7 @@ fn markdown_layers_list_and_graph() {
     // Grouped by task and dataset, each spec with its default resolution.
     let group_of = |spec: &str| {
         let at = list.find(&format!("  {spec} ")).unwrap_or_else(|| panic!("{spec} missing from {list}"));
-        list[..at].lines().filter(|l| !l.starts_with(' ')).next_back().unwrap().to_string()
+        list[..at].lines().rfind(|l| !l.starts_with(' ')).unwrap().to_string()
     };
     assert_eq!(group_of("topformer-tiny-cityscapes"), "segmentation, Cityscapes");
     assert_eq!(group_of("topformer-base-pascal-context-59"), "segmentation, Pascal Context");
