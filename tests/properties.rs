@@ -212,7 +212,7 @@ fn random_spec() -> impl Strategy<Value = RandomSpec> {
     (shape, semantics, rest).prop_flat_map(|((stem, blocks), semantics, rest)| {
         let n = blocks.len();
         subset(n).prop_flat_map(move |out_indices| {
-            let (blocks, rest) = (blocks.clone(), rest.clone());
+            let blocks = blocks.clone();
             subset(out_indices.len()).prop_map(move |injection_indices| {
                 let (depth, heads, key_dim, attn_ratio, mlp_ratio, c2t_stride) = semantics;
                 let (activations, injection, channels, fuse, classes) = rest;
