@@ -259,22 +259,26 @@ fn draw_text(img: &mut RgbImage, text: &str, (left, top): (u32, u32)) {
     }
 }
 
+/// The five 3-bit rows of the digits 0–9 in the legend's font.
+const DIGIT_GLYPHS: [[u8; 5]; 10] = [
+    [0b111, 0b101, 0b101, 0b101, 0b111],
+    [0b010, 0b110, 0b010, 0b010, 0b111],
+    [0b111, 0b001, 0b111, 0b100, 0b111],
+    [0b111, 0b001, 0b111, 0b001, 0b111],
+    [0b101, 0b101, 0b111, 0b001, 0b001],
+    [0b111, 0b100, 0b111, 0b001, 0b111],
+    [0b111, 0b100, 0b111, 0b101, 0b111],
+    [0b111, 0b001, 0b001, 0b001, 0b001],
+    [0b111, 0b101, 0b111, 0b101, 0b111],
+    [0b111, 0b101, 0b111, 0b001, 0b111],
+];
+
 /// The five 3-bit rows of a legend glyph (blank for characters the font lacks).
 fn glyph(ch: char) -> [u8; 5] {
     match ch {
-        '0' => [0b111, 0b101, 0b101, 0b101, 0b111],
-        '1' => [0b010, 0b110, 0b010, 0b010, 0b111],
-        '2' => [0b111, 0b001, 0b111, 0b100, 0b111],
-        '3' => [0b111, 0b001, 0b111, 0b001, 0b111],
-        '4' => [0b101, 0b101, 0b111, 0b001, 0b001],
-        '5' => [0b111, 0b100, 0b111, 0b001, 0b111],
-        '6' => [0b111, 0b100, 0b111, 0b101, 0b111],
-        '7' => [0b111, 0b001, 0b001, 0b001, 0b001],
-        '8' => [0b111, 0b101, 0b111, 0b101, 0b111],
-        '9' => [0b111, 0b101, 0b111, 0b001, 0b111],
         '.' => [0, 0, 0, 0, 0b010],
         '%' => [0b101, 0b001, 0b010, 0b100, 0b101],
-        _ => [0; 5],
+        _ => ch.to_digit(10).map_or([0; 5], |d| DIGIT_GLYPHS[d as usize]),
     }
 }
 
@@ -523,6 +527,32 @@ mod tests {
         sample().save_with_format(&tmp.0, image::ImageFormat::Png).unwrap();
         let err = read_image(&tmp.0, Some((0, 5))).unwrap_err().to_string();
         assert!(err.contains("garbage.png"), "{err}");
+    }
+
+    #[test]
+    fn overlay_and_legend() {
+        let photo = image::RgbImage::from_fn(5, 3, |x, y| image::Rgb([(x * 50) as u8, (y * 100) as u8, 201]));
+        let classes: Vec<u32> = (0..15).map(|i| u32::from(i % 5 == 0)).collect();
+        let pal = [[0, 0, 0], [255, 255, 255]];
+        let blended = overlay(&photo, &classes, &pal, 0.5, "o").unwrap();
+        // mmseg: photo·0.5 + colour·0.5, truncated. Pixel (0, 0) is class 1 (white), (1, 0) class 0 (black).
+        assert_eq!(blended.get_pixel(0, 0).0, [127, 127, 228]);
+        assert_eq!(blended.get_pixel(1, 0).0, [25, 0, 100]);
+        assert!(overlay(&photo, &classes[1..], &pal, 0.5, "o").is_err());
+        // Classes present, most frequent first: 12 of class 0, 3 of class 1.
+        assert_eq!(classes_present(&classes), vec![(0, 0.8), (1, 0.2)]);
+        let legend = with_legend(&blended, &classes, &pal);
+        assert_eq!(legend.dimensions(), (5 + LEGEND_WIDTH, 4 + 2 * LEGEND_ROW));
+        assert_eq!(image::imageops::crop_imm(&legend, 0, 0, 5, 3).to_image(), blended);
+        // Swatches in order of frequency: black (class 0), then white (class 1).
+        assert_eq!(legend.get_pixel(5 + 8, 4 + 6).0, [0, 0, 0]);
+        assert_eq!(legend.get_pixel(5 + 8, 4 + LEGEND_ROW + 6).0, [255, 255, 255]);
+        // The text of the first row, "  0  80.0%", is drawn: some black pixels right of the swatch.
+        let text_black = (5 + 20..5 + LEGEND_WIDTH)
+            .flat_map(|x| (4..4 + LEGEND_ROW).map(move |y| (x, y)))
+            .filter(|&(x, y)| legend.get_pixel(x, y).0 == [0, 0, 0])
+            .count();
+        assert!(text_black > 40, "{text_black}");
     }
 
     #[test]
