@@ -1040,6 +1040,30 @@ mod tests {
         }
     }
 
+    /// A dotted Python name made of `parts` identifiers.
+    fn python_name(parts: std::ops::RangeInclusive<usize>) -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let ident =
+            prop::collection::vec(prop::sample::select(b"abcdefghijklmnopqrstuvwxyz_ABCXYZ0123".to_vec()), 1..12)
+                .prop_map(|bytes| String::from_utf8(bytes).expect("ASCII"));
+        prop::collection::vec(ident, parts).prop_map(|parts| parts.join("."))
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Any global outside the allowed few is refused, by its name, whichever opcode names it.
+        #[test]
+        fn any_other_global_is_refused_by_name(module in python_name(1..=3), name in python_name(1..=1)) {
+            proptest::prop_assume!(check_global(&module, &name).is_err());
+            let mut pickle = Pickle::default();
+            pickle.op(&[0x80, 4]).op(b"}(").str("meta").str(&module).str(&name).op(&[0x93]).op(b")Ru.");
+            let err = read_pth(Path::new("p.pth"), &zip_bytes("a", Some(&pickle.0), &[])).unwrap_err().to_string();
+            let named = format!("refusing {module}.{name}");
+            proptest::prop_assert!(err.contains(&named), "{}", err);
+        }
+    }
+
     #[test]
     fn tensor_errors_name_the_tensor() {
         let tmp = TempPath::new("tensors.pth");
