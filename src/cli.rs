@@ -3,7 +3,7 @@
 use crate::budget;
 use crate::cost::{Convention, Profile};
 use crate::error::{write_atomic, Error, Result};
-use crate::exec::image_io::{palette, write_class_map_png};
+use crate::exec::image_io::{colourise, decode_image, overlay, palette, prepare, with_legend, write_png};
 use crate::exec::weights::{read_tensors, write_safetensors};
 use crate::exec::{argmax_resized, read_input, Executor, NodeParams};
 use crate::export::{export_model, ExportOptions, Opset};
@@ -16,6 +16,7 @@ use crate::report::Depth;
 use crate::spec::{embedded_specs, load_embedded, load_file, parse_resolution, LoadedSpec, Task};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use prost::Message;
+use image::RgbImage;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -70,15 +71,17 @@ enum CheckFormat {
     Json,
 }
 
-/// What a command printed and whether it found a failure (exit 1).
+/// What a command printed, whether it found a failure (exit 1), and the inputs it skipped as unreadable after
+/// doing the rest (exit 2).
 struct Outcome {
     stdout: String,
     failures: Vec<String>,
+    input_errors: Vec<String>,
 }
 
 impl From<String> for Outcome {
     fn from(stdout: String) -> Self {
-        Outcome { stdout, failures: Vec::new() }
+        Outcome { stdout, failures: Vec::new(), input_errors: Vec::new() }
     }
 }
 
@@ -93,7 +96,7 @@ fn check(args: &CheckArgs) -> Result<Outcome> {
             text
         }
     };
-    Ok(Outcome { stdout, failures: budget::failures(&verdicts) })
+    Ok(Outcome { stdout, failures: budget::failures(&verdicts), input_errors: Vec::new() })
 }
 
 /// Which network, at which input size.
@@ -105,7 +108,7 @@ pub struct SpecArgs {
     /// A spec file (TOML); it may `extends` an embedded spec.
     #[arg(long)]
     spec: Option<PathBuf>,
-    /// Input resolution: 512 or HxW such as 1024x2048. Defaults to the spec's first published resolution, else 512.
+    /// Input resolution: 512 or HxW such as 1024x2048. Defaults to the spec's `res` (see `toparch list`).
     #[arg(long, short = 'r')]
     res: Option<String>,
     /// Override the number of classes.
@@ -135,7 +138,7 @@ impl SpecArgs {
         self.res.as_deref().map(parse_resolution).transpose()
     }
 
-    /// Loads the spec and compiles it at `--res`, else the spec's first published resolution, else 512².
+    /// Loads the spec and compiles it at `--res`, else the spec's default resolution.
     pub fn compile(&self) -> Result<(LoadedSpec, Graph)> {
         self.compile_batch(1)
     }
@@ -143,12 +146,7 @@ impl SpecArgs {
     /// Like [`SpecArgs::compile`], for a batch of `batch` images.
     pub fn compile_batch(&self, batch: usize) -> Result<(LoadedSpec, Graph)> {
         let loaded = self.load()?;
-        let res = match (&self.res, loaded.spec.published.first()) {
-            (Some(res), _) => res.clone(),
-            (None, Some(p)) => p.res.clone(),
-            (None, None) => "512".into(),
-        };
-        let (h, w) = parse_resolution(&res)?;
+        let (h, w) = self.resolution()?.unwrap_or_else(|| loaded.spec.default_resolution());
         let graph = loaded.compile_batch(batch, h, w)?;
         Ok((loaded, graph))
     }
@@ -165,12 +163,23 @@ struct ForwardArgs {
     /// Seed of the random weights used without --weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// A .safetensors file with tensor `input` [1,3,H,W] (normalised), or a PNG/JPEG image.
+    /// A .safetensors file with tensor `input` [1,3,H,W] (normalised), a PNG/JPEG image, or a folder of
+    /// PNG/JPEG images (each segmented at --res, default the spec's resolution, into --output as a folder).
     #[arg(long)]
     input: PathBuf,
-    /// A .safetensors file (receives `logits`) or a .png (receives the coloured class map).
+    /// A .safetensors file (receives `logits`), a .png (receives the coloured class map), or a folder for a
+    /// folder of images.
     #[arg(long)]
     output: PathBuf,
+    /// Blend the coloured mask over the input image instead of writing the bare class map.
+    #[arg(long)]
+    overlay: bool,
+    /// Opacity of the mask in an --overlay.
+    #[arg(long, default_value_t = 0.5, requires = "overlay")]
+    opacity: f32,
+    /// Add a legend of the classes present (class index and share of the pixels) beside the PNG.
+    #[arg(long)]
+    legend: bool,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -188,8 +197,51 @@ enum OutputKind {
     ClassMap,
 }
 
-fn forward(args: &ForwardArgs) -> Result<String> {
+impl ForwardArgs {
+    /// Weights (from --weights or seeded), thread count and the executor for `graph`.
+    fn executor<'g>(&self, graph: &'g Graph) -> Result<(Executor<'g>, usize)> {
+        let params = bind_params(graph, self.weights.as_deref(), self.seed)?;
+        let threads = self.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+        if threads == 0 {
+            return Err(Error::input("--threads must be positive"));
+        }
+        Ok((Executor::new(graph, params, threads)?, threads))
+    }
+
+    /// Where the weights come from, for the summary line.
+    fn weights_label(&self) -> String {
+        self.weights.as_ref().map_or(format!("random weights (seed {})", self.seed), |p| p.display().to_string())
+    }
+
+    /// The PNG of a segmentation: the class map of `logits` resized to `photo`'s size (or `size` without a
+    /// photo), coloured or blended over the photo (--overlay), with a legend if asked.
+    fn segmentation_png(
+        &self,
+        logits: &[f32],
+        logits_shape: &[usize],
+        photo: Option<&RgbImage>,
+        size: (usize, usize),
+        name: &str,
+    ) -> Result<RgbImage> {
+        let (h, w) = photo.map_or(size, |p| (p.height() as usize, p.width() as usize));
+        let classes = argmax_resized(logits, logits_shape[1], (logits_shape[2], logits_shape[3]), (h, w));
+        let palette = palette(logits_shape[1]);
+        let img = match photo {
+            Some(photo) if self.overlay => overlay(photo, &classes, &palette, self.opacity, name)?,
+            _ => colourise(&classes, h, w, &palette, name)?,
+        };
+        Ok(if self.legend { with_legend(&img, &classes, &palette) } else { img })
+    }
+}
+
+fn forward(args: &ForwardArgs) -> Result<Outcome> {
     let loaded = args.spec.load()?;
+    if !(0.0..=1.0).contains(&args.opacity) {
+        return Err(Error::input(format!("--opacity {} must be from 0 to 1", args.opacity)));
+    }
+    if args.input.is_dir() {
+        return forward_folder(args, &loaded);
+    }
     let extension = args.output.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
     let kind = match extension.as_deref() {
         Some("safetensors") => OutputKind::Tensors,
@@ -205,14 +257,23 @@ fn forward(args: &ForwardArgs) -> Result<String> {
     if args.dump_intermediates && matches!(kind, OutputKind::ClassMap) {
         return Err(Error::input("--dump-intermediates needs a .safetensors output"));
     }
-    let (input, h, w) = read_input(&args.input, args.spec.resolution()?)?;
-    let graph = loaded.compile(h, w)?;
-    let params = bind_params(&graph, args.weights.as_deref(), args.seed)?;
-    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
-    if threads == 0 {
-        return Err(Error::input("--threads must be positive"));
+    if (args.overlay || args.legend) && matches!(kind, OutputKind::Tensors) {
+        return Err(Error::input("--overlay and --legend need a .png output"));
     }
-    let exec = Executor::new(&graph, params, threads)?;
+    let name = args.input.display().to_string();
+    let (input, photo, h, w) = if args.overlay {
+        if args.input.extension().is_some_and(|e| e.eq_ignore_ascii_case("safetensors")) {
+            return Err(Error::input(format!("{name}: --overlay needs a PNG or JPEG input")));
+        }
+        let prepared = prepare(decode_image(&args.input)?, args.spec.resolution()?, &name)?;
+        let (w, h) = prepared.rgb.dimensions();
+        (prepared.data, Some(prepared.rgb), h as usize, w as usize)
+    } else {
+        let (data, h, w) = read_input(&args.input, args.spec.resolution()?)?;
+        (data, None, h, w)
+    };
+    let graph = loaded.compile(h, w)?;
+    let (exec, threads) = args.executor(&graph)?;
     let logits = graph.tap_node("logits").unwrap_or(graph.output());
     let keep: Vec<_> =
         if args.dump_intermediates { graph.taps().iter().map(|&(_, i)| i).collect() } else { vec![logits] };
@@ -236,14 +297,15 @@ fn forward(args: &ForwardArgs) -> Result<String> {
             write_safetensors(&args.output, &tensors)?;
         }
         OutputKind::ClassMap => {
-            let classes = argmax_resized(&data(logits), logits_shape[1], (logits_shape[2], logits_shape[3]), (h, w));
-            write_class_map_png(&args.output, &classes, h, w, &palette(logits_shape[1]))?;
+            let out_name = args.output.display().to_string();
+            let png = args.segmentation_png(&data(logits), logits_shape, photo.as_ref(), (h, w), &out_name)?;
+            write_png(&args.output, &png)?;
         }
     }
     let mut out = format!(
         "{}: {} at {h}x{w} in {:.1} ms on {threads} thread(s); logits {:?} → {}\n",
         loaded.spec.name,
-        args.weights.as_ref().map_or(format!("random weights (seed {})", args.seed), |p| p.display().to_string()),
+        args.weights_label(),
         elapsed.as_secs_f64() * 1e3,
         logits_shape,
         args.output.display()
@@ -251,7 +313,108 @@ fn forward(args: &ForwardArgs) -> Result<String> {
     if args.profile {
         out.push_str(&render_timing(&graph, &run.steps));
     }
-    Ok(out)
+    Ok(out.into())
+}
+
+/// The PNG and JPEG files of a folder (by extension), sorted by name.
+fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+        if path.is_file() && matches!(ext.as_deref(), Some("png" | "jpg" | "jpeg")) {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// `forward --input DIR --output DIR`: every PNG/JPEG of the folder through one executor at one resolution,
+/// each mask written at its image's own size as `<stem>.png`. Unreadable images are reported and skipped.
+fn forward_folder(args: &ForwardArgs, loaded: &LoadedSpec) -> Result<Outcome> {
+    let (in_dir, out_dir) = (&args.input, &args.output);
+    if loaded.spec.task() != Task::Segmentation {
+        return Err(Error::input(format!("{}: a classifier has no class map to write", loaded.spec.name)));
+    }
+    if args.dump_intermediates || args.profile {
+        return Err(Error::input("--dump-intermediates and --profile take a single input file"));
+    }
+    if out_dir.exists() && !out_dir.is_dir() {
+        return Err(Error::input(format!("{}: --input is a folder, so --output must be one", out_dir.display())));
+    }
+    let files = images_in(in_dir)?;
+    if files.is_empty() {
+        return Err(Error::input(format!("{}: no .png, .jpg or .jpeg files", in_dir.display())));
+    }
+    let mut outputs: Vec<PathBuf> = Vec::with_capacity(files.len());
+    for file in &files {
+        let output = out_dir.join(file.file_stem().unwrap_or_default()).with_extension("png");
+        if let Some(first) = outputs.iter().position(|o| *o == output) {
+            return Err(Error::input(format!(
+                "{} and {} would both be written to {}",
+                files[first].display(),
+                file.display(),
+                output.display()
+            )));
+        }
+        outputs.push(output);
+    }
+    std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+    let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b);
+    if same(in_dir, out_dir) {
+        return Err(Error::input(format!("{}: --output must not be the input folder", out_dir.display())));
+    }
+    let (h, w) = args.spec.resolution()?.unwrap_or_else(|| loaded.spec.default_resolution());
+    let graph = loaded.compile(h, w)?;
+    let (exec, threads) = args.executor(&graph)?;
+    let logits = graph.tap_node("logits").unwrap_or(graph.output());
+    let logits_shape = &graph.node(logits).shape;
+    let progress = indicatif::ProgressBar::new(files.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} images, {eta} left  {wide_msg}")
+            .expect("a valid template"),
+    );
+    let started = std::time::Instant::now();
+    let mut network = std::time::Duration::ZERO;
+    let mut unreadable = Vec::new();
+    for (file, output) in files.iter().zip(&outputs) {
+        progress.set_message(file.display().to_string());
+        let photo = match decode_image(file) {
+            Ok(photo) => photo,
+            Err(e) => {
+                progress.suspend(|| eprintln!("error: {e} (skipped)"));
+                unreadable.push(e.to_string());
+                progress.inc(1);
+                continue;
+            }
+        };
+        let name = file.display().to_string();
+        let input = prepare(photo.clone(), Some((h, w)), &name)?;
+        let run_started = std::time::Instant::now();
+        let run = exec.run(&input.data, logits, &[logits])?;
+        network += run_started.elapsed();
+        let scores = run.kept.get(&logits).map(Vec::as_slice).unwrap_or_default();
+        let png = args.segmentation_png(scores, logits_shape, Some(&photo), (h, w), &output.display().to_string())?;
+        write_png(output, &png)?;
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    let done = files.len() - unreadable.len();
+    let per_image = |t: std::time::Duration| t.as_secs_f64() * 1e3 / done.max(1) as f64;
+    let skipped = if unreadable.is_empty() { String::new() } else { format!(", {} unreadable", unreadable.len()) };
+    let stdout = format!(
+        "{}: {} of {} images in {} at {h}x{w} on {threads} thread(s){skipped}: {:.1} ms per image ({:.1} ms in the \
+         network) → {}\n",
+        loaded.spec.name,
+        done,
+        files.len(),
+        in_dir.display(),
+        per_image(started.elapsed()),
+        per_image(network),
+        out_dir.display()
+    );
+    Ok(Outcome { stdout, failures: Vec::new(), input_errors: unreadable })
 }
 
 /// The checkpoint's tensors bound to `graph` by official name, else seeded random weights.
@@ -350,12 +513,35 @@ fn positive_batch(batch: usize) -> Result<usize> {
     Ok(batch)
 }
 
+/// The embedded specs grouped by task and dataset (in the order they first appear), each with its default
+/// resolution.
 fn list() -> String {
-    let mut out = String::new();
+    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
     for embedded in embedded_specs() {
-        match load_embedded(embedded.name) {
-            Ok(loaded) => out.push_str(&format!("{:<28} {}\n", embedded.name, loaded.spec.description)),
-            Err(e) => out.push_str(&format!("{:<28} (invalid: {e})\n", embedded.name)),
+        let (group, line) = match load_embedded(embedded.name) {
+            Ok(loaded) => {
+                let spec = &loaded.spec;
+                let task = match spec.task() {
+                    Task::Segmentation => "segmentation",
+                    Task::Classification => "classification",
+                };
+                let (h, w) = spec.default_resolution();
+                let res = format!("{h}x{w}");
+                (format!("{task}, {}", spec.dataset), format!("  {:<34} {res:<10} {}", embedded.name, spec.description))
+            }
+            Err(e) => ("invalid".to_string(), format!("  {:<34} {e}", embedded.name)),
+        };
+        match groups.iter_mut().find(|(g, _)| *g == group) {
+            Some((_, lines)) => lines.push(line),
+            None => groups.push((group, vec![line])),
+        }
+    }
+    let mut out = format!("  {:<34} {:<10} description\n", "spec (--variant)", "default res");
+    for (group, lines) in groups {
+        out.push_str(&format!("{group}\n"));
+        for line in lines {
+            out.push_str(&line);
+            out.push('\n');
         }
     }
     out
@@ -376,7 +562,7 @@ fn run(cli: Cli) -> Result<Outcome> {
         Command::List => Ok(list().into()),
         Command::Profile(args) => profile(&args).map(Outcome::from),
         Command::Graph(args) => Ok(args.compile()?.1.to_dot().into()),
-        Command::Forward(args) => forward(&args).map(Outcome::from),
+        Command::Forward(args) => forward(&args),
         Command::Check(args) => check(&args),
         Command::Export(args) => export(&args).map(Outcome::from),
         Command::Report(args) => {
@@ -403,6 +589,10 @@ pub fn main() -> ExitCode {
             }
             for failure in &outcome.failures {
                 eprintln!("{failure}");
+            }
+            if !outcome.input_errors.is_empty() {
+                // Reported as they were skipped; the exit code tells scripts some input was bad.
+                return ExitCode::from(2);
             }
             if outcome.failures.is_empty() {
                 ExitCode::SUCCESS

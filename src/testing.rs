@@ -4,6 +4,7 @@
 //! each test that needs one skips with a message naming the file, unless `TOPARCH_REQUIRE_SHARED=1` is set
 //! (as CI sets it), in which case a missing file fails the test.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 /// The environment variable that turns a missing shared reference file from a skip into a failure.
@@ -19,6 +20,9 @@ pub fn shared_file(relative: &str, test: &str) -> Option<PathBuf> {
     if std::env::var(REQUIRE_SHARED).is_ok_and(|v| v == "1") {
         panic!("{test}: shared reference file {relative} is missing and {REQUIRE_SHARED}=1");
     }
-    eprintln!("SKIPPED {test}: shared reference file {relative} is not beside the repository");
+    // Written to the process's stderr directly, not through `eprintln!`, which the test harness captures and
+    // shows only for failing tests: a skip must be visible in a passing run.
+    let _ =
+        writeln!(std::io::stderr(), "SKIPPED {test}: shared reference file {relative} is not beside the repository");
     None
 }

@@ -98,6 +98,25 @@ fn markdown_layers_list_and_graph() {
     assert!(text.contains("| backbone.trans.transformer_blocks.0.attn.q_k | matmul |"), "{text}");
     let list = stdout(&toparch(&["list"]));
     assert!(list.contains("topformer-base-cityscapes") && list.contains("topformer-tiny-imagenet"));
+    // Grouped by task and dataset, each spec with its default resolution.
+    let group_of = |spec: &str| {
+        let at = list.find(&format!("  {spec} ")).unwrap_or_else(|| panic!("{spec} missing from {list}"));
+        list[..at].lines().rfind(|l| !l.starts_with(' ')).unwrap().to_string()
+    };
+    assert_eq!(group_of("topformer-tiny-cityscapes"), "segmentation, Cityscapes");
+    assert_eq!(group_of("topformer-base-pascal-context-59"), "segmentation, Pascal Context");
+    assert_eq!(group_of("topformer-small-coco-stuff"), "segmentation, COCO-Stuff-10k");
+    assert_eq!(group_of("topformer-base-imagenet"), "classification, ImageNet-1k");
+    let line = list.lines().find(|l| l.starts_with("  topformer-tiny-cityscapes ")).unwrap();
+    assert!(line.contains(" 512x1024 "), "{line}");
+    // Every listed spec profiles at its default resolution without --res.
+    for name in list.lines().filter_map(|l| l.strip_prefix("  ")).filter_map(|l| l.split_whitespace().next()) {
+        if name == "spec" {
+            continue;
+        }
+        let out = toparch(&["profile", "-v", name, "-f", "json"]);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+    }
     let dot = toparch(&["graph", "--variant", "tiny"]);
     let dot = stdout(&dot);
     assert!(dot.starts_with("digraph") && dot.contains("backbone.SIM.1.local_embedding.conv"));

@@ -84,6 +84,9 @@ fn published_figures_after_rounding() {
         ("tiny-imagenet", (224, 224), "params", "1.50M", true),
         ("small-imagenet", (224, 224), "params", "3.11M", true),
         ("base-imagenet", (224, 224), "params", "5.07M", true),
+        // Secondary sources (a later paper's copy of the tables); the code computes 0.47 G and 0.59 G.
+        ("tiny-pascal-context", (480, 480), "flops", "0.53G", false),
+        ("tiny-coco-stuff", (512, 512), "flops", "0.64G", false),
     ];
     for (variant, (h, w), metric, published, agrees) in cases {
         let p = profile(&load_embedded(variant).unwrap().spec, h, w);
@@ -97,6 +100,52 @@ fn published_figures_after_rounding() {
     }
     let tiny_cls = profile(&load_embedded("tiny-imagenet").unwrap().spec, 224, 224);
     assert_eq!(tiny_cls.flops(Convention::Paper) / 100_000, 1268, "the paper truncates 126.9 M");
+}
+
+/// Every official dataset configuration is its ADE20K model with another class count (and, for Tiny on
+/// Cityscapes, SimpleHead's default dense fuse conv instead of the depthwise one). Its counts therefore follow
+/// from the ADE20K model's by the head's arithmetic alone: the classifier conv has `channels + 1` parameters and
+/// `paper` FLOPs per class and logit pixel; a dense 1×1 fuse conv `channels²` instead of `channels` weights.
+#[test]
+fn dataset_configurations_differ_from_ade20k_only_in_the_head() {
+    let cases = [
+        // name, ADE20K parent, default resolution, classes, dense fuse
+        ("topformer-tiny-cityscapes", "tiny", (512, 1024), 19, true),
+        ("topformer-tiny-pascal-context", "tiny", (480, 480), 60, false),
+        ("topformer-small-pascal-context", "small", (480, 480), 60, false),
+        ("topformer-base-pascal-context", "base", (480, 480), 60, false),
+        ("topformer-tiny-pascal-context-59", "tiny", (480, 480), 59, false),
+        ("topformer-small-pascal-context-59", "small", (480, 480), 59, false),
+        ("topformer-base-pascal-context-59", "base", (480, 480), 59, false),
+        ("topformer-tiny-coco-stuff", "tiny", (512, 512), 171, false),
+        ("topformer-small-coco-stuff", "small", (512, 512), 171, false),
+        ("topformer-base-coco-stuff", "base", (512, 512), 171, false),
+    ];
+    for (name, parent, res, classes, dense_fuse) in cases {
+        let spec = load_embedded(name).unwrap().spec;
+        let ade = load_embedded(parent).unwrap().spec;
+        assert_eq!(spec.default_resolution(), res, "{name}");
+        assert_eq!(spec.num_classes(), classes, "{name}");
+        let (h, w) = res;
+        let head_channels = ade.head.as_ref().unwrap().channels as i64;
+        // The logits are at 1/8 of the input: three stride-2 convs, each (n - 1) / 2 + 1.
+        let eighth = |n: usize| (0..3).fold(n, |n, _| (n - 1) / 2 + 1) as i64;
+        let logit_pixels = eighth(h) * eighth(w);
+        let class_delta = (classes as i64 - 150) * (head_channels + 1);
+        let fuse_delta = if dense_fuse { head_channels * head_channels - head_channels } else { 0 };
+        let (computed, ade20k) = (profile(&spec, h, w), profile(&ade, h, w));
+        assert_eq!(computed.params as i64, ade20k.params as i64 + class_delta + fuse_delta, "{name} params");
+        assert_eq!(
+            computed.flops(Convention::Paper) as i64,
+            ade20k.flops(Convention::Paper) as i64 + (class_delta + fuse_delta) * logit_pixels,
+            "{name} paper FLOPs"
+        );
+    }
+    // Absolute figures of two of them, for the README.
+    let tiny_city = profile(&load_embedded("tiny-cityscapes").unwrap().spec, 512, 1024);
+    assert_eq!((tiny_city.params, tiny_city.flops(Convention::Paper)), (1_389_011, 1_147_822_080));
+    let tiny_context = profile(&load_embedded("tiny-pascal-context").unwrap().spec, 480, 480);
+    assert_eq!((tiny_context.params, tiny_context.flops(Convention::Paper)), (1_378_044, 473_382_656));
 }
 
 #[test]

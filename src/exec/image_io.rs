@@ -3,46 +3,91 @@
 
 use std::path::Path;
 
-use image::ImageEncoder;
+use image::{ImageEncoder, RgbImage};
 
 use crate::error::{write_atomic, Error, Result};
+use crate::spec::MAX_SIDE;
 
 /// mmseg's ImageNet normalisation mean (RGB, 0–255 scale).
 pub const MEAN: [f32; 3] = [123.675, 116.28, 103.53];
 /// mmseg's ImageNet normalisation standard deviation (RGB, 0–255 scale).
 pub const STD: [f32; 3] = [58.395, 57.12, 57.375];
 
-/// mmseg's ImageNet normalisation (RGB): mean [123.675, 116.28, 103.53], std [58.395, 57.12, 57.375].
-/// Reads a PNG or JPEG as RGB, optionally resizes it to (h, w) (bilinear), returns normalised CHW f32 data and (h, w).
+/// A photo prepared for the network: its 8-bit RGB pixels at the network's input size and the same pixels
+/// normalised as mmseg does (mean [123.675, 116.28, 103.53], std [58.395, 57.12, 57.375]), as CHW planes.
+pub struct NetworkImage {
+    /// The (resized) 8-bit pixels, what an overlay is drawn on.
+    pub rgb: RgbImage,
+    /// Normalised CHW f32 planes, the network's input.
+    pub data: Vec<f32>,
+}
+
+/// Decodes a PNG or JPEG file (format detected from the content) as 8-bit RGB; greyscale and alpha images
+/// are converted. Errors name the file.
+pub fn decode_image(path: &Path) -> Result<RgbImage> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    decode_image_bytes(&bytes, &path.display().to_string())
+}
+
+/// Decodes PNG or JPEG bytes as 8-bit RGB. `name` is what errors call the data.
+///
+/// The decoded image may take at most [`MAX_PIXELS`] pixels and [`DECODE_RATIO`] bytes per input byte (beyond
+/// a 16 MiB floor): a header that claims a larger image than its data can hold fails before anything is
+/// allocated for it.
+pub fn decode_image_bytes(bytes: &[u8], name: &str) -> Result<RgbImage> {
+    let unreadable = |e: image::ImageError| Error::input(format!("{name}: cannot read image: {e}"));
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::input(format!("{name}: cannot read image: {e}")))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE as u32);
+    limits.max_image_height = Some(MAX_SIDE as u32);
+    let justified = (bytes.len() as u64).saturating_mul(DECODE_RATIO).max(16 << 20);
+    limits.max_alloc = Some(justified.min(4 * MAX_PIXELS as u64));
+    reader.limits(limits);
+    let img = reader.decode().map_err(unreadable)?.to_rgb8();
+    if img.width() == 0 || img.height() == 0 || img.len() / 3 > MAX_PIXELS {
+        return Err(Error::input(format!("{name}: image is {}×{}", img.height(), img.width())));
+    }
+    Ok(img)
+}
+
+/// How many decoded bytes one byte of a PNG or JPEG file may justify: above deflate's ~1032:1 ceiling and
+/// the ratios flat JPEGs reach.
+pub const DECODE_RATIO: u64 = 2048;
+
+/// Resizes `img` to (h, w) if it is not that size already (see [`read_image`]) and normalises it.
+pub fn prepare(img: RgbImage, resize_to: Option<(usize, usize)>, name: &str) -> Result<NetworkImage> {
+    let (src_w, src_h) = (img.width() as usize, img.height() as usize);
+    let (h, w) = resize_to.unwrap_or((src_h, src_w));
+    let pixels = h.checked_mul(w).filter(|&n| n > 0 && n <= MAX_PIXELS).ok_or_else(|| {
+        Error::input(format!("{name}: cannot resize to {h}×{w} (at most {MAX_PIXELS} pixels, none empty)"))
+    })?;
+    let rgb = if (h, w) == (src_h, src_w) {
+        img
+    } else {
+        let resized = resize_bilinear(img.as_raw(), (src_h, src_w), (h, w));
+        RgbImage::from_raw(w as u32, h as u32, resized).expect("the resize writes h·w pixels")
+    };
+    let mut data = vec![0f32; 3 * pixels];
+    for (p, px) in rgb.as_raw().chunks_exact(3).enumerate() {
+        for c in 0..3 {
+            data[c * pixels + p] = (f32::from(px[c]) - MEAN[c]) / STD[c];
+        }
+    }
+    Ok(NetworkImage { rgb, data })
+}
+
+/// Reads a PNG or JPEG as RGB, optionally resizes it to (h, w) (bilinear), returns normalised CHW f32 data
+/// and (h, w).
 ///
 /// The format is detected from the content. Resizing follows mmcv's `imresize` (OpenCV's
 /// `INTER_LINEAR`: half-pixel centres, no antialiasing) and, like mmseg's pipeline, keeps the resized
 /// image 8-bit (rounded) before normalising.
 pub fn read_image(path: &Path, resize_to: Option<(usize, usize)>) -> Result<(Vec<f32>, usize, usize)> {
-    let unreadable = |e: image::ImageError| Error::input(format!("{}: cannot read image: {e}", path.display()));
-    let img = image::ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
-        .map_err(|e| Error::io(path, e))?
-        .decode()
-        .map_err(unreadable)?
-        .to_rgb8();
-    let (src_w, src_h) = (img.width() as usize, img.height() as usize);
-    if src_w == 0 || src_h == 0 {
-        return Err(Error::input(format!("{}: image is empty", path.display())));
-    }
-    let (h, w) = resize_to.unwrap_or((src_h, src_w));
-    let pixels = h.checked_mul(w).filter(|&n| n > 0 && n <= MAX_PIXELS).ok_or_else(|| {
-        Error::input(format!("{}: cannot resize to {h}×{w} (at most {MAX_PIXELS} pixels, none empty)", path.display()))
-    })?;
-    let rgb =
-        if (h, w) == (src_h, src_w) { img.into_raw() } else { resize_bilinear(img.as_raw(), (src_h, src_w), (h, w)) };
-    let mut out = vec![0f32; 3 * pixels];
-    for (p, px) in rgb.chunks_exact(3).enumerate() {
-        for c in 0..3 {
-            out[c * pixels + p] = (f32::from(px[c]) - MEAN[c]) / STD[c];
-        }
-    }
-    Ok((out, h, w))
+    let prepared = prepare(decode_image(path)?, resize_to, &path.display().to_string())?;
+    let (w, h) = prepared.rgb.dimensions();
+    Ok((prepared.data, h as usize, w as usize))
 }
 
 /// Largest image (in pixels) `read_image` produces: 2^28, far beyond any segmentation input.
@@ -106,22 +151,21 @@ pub fn palette(num_classes: usize) -> Vec<[u8; 3]> {
     }
 }
 
-/// Writes a class map (row-major h×w class indices) as an RGB PNG coloured with `palette`, atomically.
+/// Colours a class map (row-major h×w class indices) with `palette`.
 ///
-/// Fails (naming the file) if `classes` does not hold h·w entries or a class has no palette colour.
-pub fn write_class_map_png(path: &Path, classes: &[u32], h: usize, w: usize, palette: &[[u8; 3]]) -> Result<()> {
-    let file = path.display();
+/// Fails (naming `name`) if `classes` does not hold h·w entries or a class has no palette colour.
+pub fn colourise(classes: &[u32], h: usize, w: usize, palette: &[[u8; 3]], name: &str) -> Result<RgbImage> {
     if h.checked_mul(w) != Some(classes.len()) || h == 0 || w == 0 {
-        return Err(Error::input(format!("{file}: {} class indices for a {h}×{w} map", classes.len())));
+        return Err(Error::input(format!("{name}: {} class indices for a {h}×{w} map", classes.len())));
     }
     let (Ok(w32), Ok(h32)) = (u32::try_from(w), u32::try_from(h)) else {
-        return Err(Error::input(format!("{file}: {h}×{w} is too large for a PNG")));
+        return Err(Error::input(format!("{name}: {h}×{w} is too large for an image")));
     };
     let mut rgb = Vec::with_capacity(3 * classes.len());
     for (i, &c) in classes.iter().enumerate() {
         let colour = palette.get(c as usize).ok_or_else(|| {
             Error::input(format!(
-                "{file}: class {c} at row {}, column {} has no colour (palette of {})",
+                "{name}: class {c} at row {}, column {} has no colour (palette of {})",
                 i / w,
                 i % w,
                 palette.len()
@@ -129,11 +173,113 @@ pub fn write_class_map_png(path: &Path, classes: &[u32], h: usize, w: usize, pal
         })?;
         rgb.extend_from_slice(colour);
     }
+    Ok(RgbImage::from_raw(w32, h32, rgb).expect("three bytes per pixel"))
+}
+
+/// Writes an RGB image as a PNG, atomically.
+pub fn write_png(path: &Path, img: &RgbImage) -> Result<()> {
     let mut png = Vec::new();
     image::codecs::png::PngEncoder::new(&mut png)
-        .write_image(&rgb, w32, h32, image::ExtendedColorType::Rgb8)
-        .map_err(|e| Error::input(format!("{file}: cannot encode PNG: {e}")))?;
+        .write_image(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8)
+        .map_err(|e| Error::input(format!("{}: cannot encode PNG: {e}", path.display())))?;
     write_atomic(path, &png)
+}
+
+/// Blends the colour mask of `classes` over `photo` as mmseg's demo shows a result:
+/// `photo · (1 − opacity) + mask · opacity`, truncated to 8 bits. `classes` holds one class per photo pixel.
+pub fn overlay(photo: &RgbImage, classes: &[u32], palette: &[[u8; 3]], opacity: f32, name: &str) -> Result<RgbImage> {
+    let (w, h) = photo.dimensions();
+    let mut blended = colourise(classes, h as usize, w as usize, palette, name)?;
+    for (out, &px) in blended.as_mut().iter_mut().zip(photo.as_raw()) {
+        *out = (f32::from(px) * (1.0 - opacity) + f32::from(*out) * opacity) as u8;
+    }
+    Ok(blended)
+}
+
+/// The classes present in a class map with their share of its pixels, most frequent first (ties by class).
+pub fn classes_present(classes: &[u32]) -> Vec<(u32, f64)> {
+    let mut counts = std::collections::BTreeMap::new();
+    for &c in classes {
+        *counts.entry(c).or_insert(0usize) += 1;
+    }
+    let mut present: Vec<(u32, f64)> =
+        counts.into_iter().map(|(c, n)| (c, n as f64 / classes.len().max(1) as f64)).collect();
+    present.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    present
+}
+
+/// Scale of the legend's 3×5 pixel glyphs.
+const GLYPH_SCALE: u32 = 2;
+/// Height of one legend row in pixels.
+const LEGEND_ROW: u32 = 16;
+/// Width of the legend panel in pixels: a swatch, the class index and its share (`150  12.5%`).
+const LEGEND_WIDTH: u32 = 112;
+
+/// `img` with a legend panel on its right: one row per class present in `classes` (a class map of `img`'s
+/// size), most frequent first, each a colour swatch, the class index and its share of the pixels.
+pub fn with_legend(img: &RgbImage, classes: &[u32], palette: &[[u8; 3]]) -> RgbImage {
+    let present = classes_present(classes);
+    let rows_height = 4 + LEGEND_ROW * present.len() as u32;
+    let (w, h) = img.dimensions();
+    let mut out = RgbImage::from_pixel(w + LEGEND_WIDTH, h.max(rows_height), image::Rgb([255, 255, 255]));
+    image::imageops::replace(&mut out, img, 0, 0);
+    for (row, &(class, share)) in present.iter().enumerate() {
+        let top = 4 + LEGEND_ROW * row as u32;
+        let colour = palette.get(class as usize).copied().unwrap_or([0, 0, 0]);
+        for y in top..top + 12 {
+            for x in w + 4..w + 16 {
+                out.put_pixel(x, y, image::Rgb(colour));
+            }
+        }
+        let label = format!("{class:>3} {:>5.1}%", 100.0 * share);
+        draw_text(&mut out, &label, (w + 20, top + 1));
+    }
+    out
+}
+
+/// Draws digits, `.`, `%` and spaces in black with a 3×5 pixel font scaled by [`GLYPH_SCALE`].
+fn draw_text(img: &mut RgbImage, text: &str, (left, top): (u32, u32)) {
+    for (i, ch) in text.chars().enumerate() {
+        let rows = glyph(ch);
+        let x0 = left + i as u32 * 4 * GLYPH_SCALE;
+        for (r, bits) in rows.iter().enumerate() {
+            for c in 0..3 {
+                if bits >> (2 - c) & 1 == 1 {
+                    for dy in 0..GLYPH_SCALE {
+                        for dx in 0..GLYPH_SCALE {
+                            let (x, y) = (x0 + c * GLYPH_SCALE + dx, top + r as u32 * GLYPH_SCALE + dy);
+                            if x < img.width() && y < img.height() {
+                                img.put_pixel(x, y, image::Rgb([0, 0, 0]));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The five 3-bit rows of the digits 0–9 in the legend's font.
+const DIGIT_GLYPHS: [[u8; 5]; 10] = [
+    [0b111, 0b101, 0b101, 0b101, 0b111],
+    [0b010, 0b110, 0b010, 0b010, 0b111],
+    [0b111, 0b001, 0b111, 0b100, 0b111],
+    [0b111, 0b001, 0b111, 0b001, 0b111],
+    [0b101, 0b101, 0b111, 0b001, 0b001],
+    [0b111, 0b100, 0b111, 0b001, 0b111],
+    [0b111, 0b100, 0b111, 0b101, 0b111],
+    [0b111, 0b001, 0b001, 0b001, 0b001],
+    [0b111, 0b101, 0b111, 0b101, 0b111],
+    [0b111, 0b101, 0b111, 0b001, 0b111],
+];
+
+/// The five 3-bit rows of a legend glyph (blank for characters the font lacks).
+fn glyph(ch: char) -> [u8; 5] {
+    match ch {
+        '.' => [0, 0, 0, 0, 0b010],
+        '%' => [0b101, 0b001, 0b010, 0b100, 0b101],
+        _ => ch.to_digit(10).map_or([0; 5], |d| DIGIT_GLYPHS[d as usize]),
+    }
 }
 
 /// mmsegmentation's `ADE20KDataset` palette, one colour per class.
@@ -384,6 +530,32 @@ mod tests {
     }
 
     #[test]
+    fn overlay_and_legend() {
+        let photo = image::RgbImage::from_fn(5, 3, |x, y| image::Rgb([(x * 50) as u8, (y * 100) as u8, 201]));
+        let classes: Vec<u32> = (0..15).map(|i| u32::from(i % 5 == 0)).collect();
+        let pal = [[0, 0, 0], [255, 255, 255]];
+        let blended = overlay(&photo, &classes, &pal, 0.5, "o").unwrap();
+        // mmseg: photo·0.5 + colour·0.5, truncated. Pixel (0, 0) is class 1 (white), (1, 0) class 0 (black).
+        assert_eq!(blended.get_pixel(0, 0).0, [127, 127, 228]);
+        assert_eq!(blended.get_pixel(1, 0).0, [25, 0, 100]);
+        assert!(overlay(&photo, &classes[1..], &pal, 0.5, "o").is_err());
+        // Classes present, most frequent first: 12 of class 0, 3 of class 1.
+        assert_eq!(classes_present(&classes), vec![(0, 0.8), (1, 0.2)]);
+        let legend = with_legend(&blended, &classes, &pal);
+        assert_eq!(legend.dimensions(), (5 + LEGEND_WIDTH, 4 + 2 * LEGEND_ROW));
+        assert_eq!(image::imageops::crop_imm(&legend, 0, 0, 5, 3).to_image(), blended);
+        // Swatches in order of frequency: black (class 0), then white (class 1).
+        assert_eq!(legend.get_pixel(5 + 8, 4 + 6).0, [0, 0, 0]);
+        assert_eq!(legend.get_pixel(5 + 8, 4 + LEGEND_ROW + 6).0, [255, 255, 255]);
+        // The text of the first row, "  0  80.0%", is drawn: some black pixels right of the swatch.
+        let text_black = (5 + 20..5 + LEGEND_WIDTH)
+            .flat_map(|x| (4..4 + LEGEND_ROW).map(move |y| (x, y)))
+            .filter(|&(x, y)| legend.get_pixel(x, y).0 == [0, 0, 0])
+            .count();
+        assert!(text_black > 40, "{text_black}");
+    }
+
+    #[test]
     fn palettes() {
         let ade = palette(150);
         assert_eq!(ade.len(), 150);
@@ -410,16 +582,19 @@ mod tests {
         let pal = palette(19);
         let (h, w) = (3, 5);
         let classes: Vec<u32> = (0..15).map(|i| (i * 7) % 19).collect();
-        write_class_map_png(&tmp.0, &classes, h, w, &pal).unwrap();
+        let write = |classes: &[u32], h, w| -> Result<()> {
+            write_png(&tmp.0, &colourise(classes, h, w, &pal, &tmp.0.display().to_string())?)
+        };
+        write(&classes, h, w).unwrap();
         let img = image::open(&tmp.0).unwrap().to_rgb8();
         assert_eq!((img.height(), img.width()), (3, 5));
         for (i, &c) in classes.iter().enumerate() {
             let px = img.get_pixel((i % w) as u32, (i / w) as u32).0;
             assert_eq!(px, pal[c as usize], "pixel {i}");
         }
-        let err = write_class_map_png(&tmp.0, &[0, 19], 1, 2, &pal).unwrap_err().to_string();
+        let err = write(&[0, 19], 1, 2).unwrap_err().to_string();
         assert!(err.contains("class 19") && err.contains("classes.png"), "{err}");
-        let err = write_class_map_png(&tmp.0, &[0, 1, 2], 2, 2, &pal).unwrap_err().to_string();
+        let err = write(&[0, 1, 2], 2, 2).unwrap_err().to_string();
         assert!(err.contains("3 class indices"), "{err}");
     }
 }

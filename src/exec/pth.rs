@@ -2,9 +2,10 @@
 //!
 //! The zip holds `<folder>/data.pkl` (a pickle) and raw little-endian storages under
 //! `<folder>/data/<key>`. The pickle is *interpreted as data*, never executed: a small stack machine
-//! understands the opcodes of protocols 0–5 that `torch.save` and ordinary Python values produce,
-//! recognises torch's tensor-rebuilding functions and storages, and keeps every other global or
-//! object as an opaque value. Only what a tensor needs must be readable.
+//! understands the opcodes of protocols 0–5 that `torch.save` and ordinary Python values produce and
+//! recognises torch's tensor-rebuilding functions and storages. A pickle that names any other global
+//! (a class or function unpickling would call) is refused by that name, as PyTorch's own
+//! `weights_only` loader does. Only what a tensor needs must be readable.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -186,6 +187,33 @@ fn materialise<R: Read + std::io::Seek>(
         dtype.decode(&gathered)
     };
     Ok(Tensor { shape: t.size.clone(), data })
+}
+
+/// Accepts the globals a checkpoint may name: torch's tensor rebuild functions, its tensor, parameter, size
+/// and storage types, and Python's containers. Any other is refused by name, before anything could call it.
+fn check_global(module: &str, name: &str) -> std::result::Result<(), String> {
+    let allowed = match module {
+        "torch._utils" => {
+            matches!(
+                name,
+                "_rebuild_tensor" | "_rebuild_tensor_v2" | "_rebuild_parameter" | "_rebuild_parameter_with_state"
+            )
+        }
+        "torch._tensor" => name == "_rebuild_from_type_v2",
+        "torch" => name.ends_with("Storage") || matches!(name, "Tensor" | "Size"),
+        "torch.nn.parameter" => name == "Parameter",
+        "collections" => name == "OrderedDict",
+        "builtins" | "__builtin__" => matches!(name, "dict" | "list" | "tuple" | "set" | "frozenset"),
+        _ => false,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(format!(
+            "refusing {module}.{name}: a checkpoint may name only torch's tensor rebuild functions, tensor and \
+             storage types, and containers"
+        ))
+    }
 }
 
 /// A storage named by a persistent id `('storage', <type>, key, location, numel)`.
@@ -721,8 +749,9 @@ impl Vm {
             }
             // Globals and objects.
             b'c' => {
-                let module = Rc::from(r.line()?);
-                let name = Rc::from(r.line()?);
+                let module: Rc<str> = Rc::from(r.line()?);
+                let name: Rc<str> = Rc::from(r.line()?);
+                check_global(&module, &name)?;
                 let v = self.alloc(Obj::Global(module, name));
                 self.stack.push(v);
             }
@@ -732,6 +761,7 @@ impl Vm {
                 let (Value::Str(module), Value::Str(name)) = (module, name) else {
                     return Err("STACK_GLOBAL needs two strings".into());
                 };
+                check_global(&module, &name)?;
                 let v = self.alloc(Obj::Global(module, name));
                 self.stack.push(v);
             }
@@ -871,8 +901,8 @@ mod tests {
         p.str("flags").op(b"(").op(&[0x88, 0x89]).op(b"Nt");
         p.str("history").op(b"](").int(1).int(70000).op(b"e");
         p.str("blob").op(b"C\x03abc");
-        p.str("cfg").global("mmcv.utils.config", "ConfigDict").op(b")R(").str("k").int(3).op(b"u");
-        p.str("obj").global("some.module", "Thing").op(b")").op(&[0x81]).op(b"}").str("x").int(1).op(b"sb");
+        p.str("cfg").global("builtins", "dict").op(b")R(").str("k").int(3).op(b"u");
+        p.str("obj").global("builtins", "set").op(b")").op(&[0x81]).op(b"}").str("x").int(1).op(b"sb");
         p.str("big").op(&[0x8a, 9]).op(&[1, 2, 3, 4, 5, 6, 7, 8, 9]);
         p.str("set").op(&[0x8f]).op(b"(").int(1).op(&[0x90]);
         p.op(b"h\x01").op(b"0"); // BINGET then POP: memo round trip
@@ -982,6 +1012,56 @@ mod tests {
         // A pickle whose root is not a dict.
         write_zip(&tmp.0, "archive", Some(b"\x80\x02K\x05."), &[]);
         expect_err(&tmp.0, "does not hold a dict");
+    }
+
+    #[test]
+    fn pickles_naming_other_callables_are_refused_by_name() {
+        let tmp = TempPath::new("callables.pth");
+        for (module, name) in [
+            ("os", "system"),
+            ("builtins", "eval"),
+            ("__builtin__", "getattr"),
+            ("mmcv.utils.config", "ConfigDict"),
+            ("numpy.core.multiarray", "scalar"),
+            ("torch", "load"),
+            ("torch._utils", "_rebuild_qtensor"),
+            ("collections", "deque"),
+        ] {
+            // GLOBAL (protocol 2) and STACK_GLOBAL (protocol 4) alike, even inside an otherwise good state dict.
+            let mut global = Pickle::default();
+            global.op(&[0x80, 2]).op(b"}(").str("meta").global(module, name).op(b")R");
+            global.str("w").tensor("FloatStorage", "0", 4, 0, &[4], &[1]).op(b"u.");
+            let mut stack_global = Pickle::default();
+            stack_global.op(&[0x80, 4]).op(b"}(").str("meta").str(module).str(name).op(&[0x93]).op(b")Ru.");
+            for pickle in [global.0, stack_global.0] {
+                write_zip(&tmp.0, "a", Some(&pickle), &[("0", f32_bytes([1.0, 2.0, 3.0, 4.0]))]);
+                expect_err(&tmp.0, &format!("refusing {module}.{name}"));
+            }
+        }
+    }
+
+    /// A dotted Python name made of `parts` identifiers.
+    fn python_name(parts: std::ops::RangeInclusive<usize>) -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let ident =
+            prop::collection::vec(prop::sample::select(b"abcdefghijklmnopqrstuvwxyz_ABCXYZ0123".to_vec()), 1..12)
+                .prop_map(|bytes| String::from_utf8(bytes).expect("ASCII"));
+        prop::collection::vec(ident, parts).prop_map(|parts| parts.join("."))
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Any global outside the allowed few is refused, by its name, whichever opcode names it.
+        #[test]
+        fn any_other_global_is_refused_by_name(module in python_name(1..=3), name in python_name(1..=1)) {
+            proptest::prop_assume!(check_global(&module, &name).is_err());
+            let mut pickle = Pickle::default();
+            pickle.op(&[0x80, 4]).op(b"}(").str("meta").str(&module).str(&name).op(&[0x93]).op(b")Ru.");
+            let err = read_pth(Path::new("p.pth"), &zip_bytes("a", Some(&pickle.0), &[])).unwrap_err().to_string();
+            let named = format!("refusing {module}.{name}");
+            proptest::prop_assert!(err.contains(&named), "{}", err);
+        }
     }
 
     #[test]

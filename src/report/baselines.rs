@@ -4,7 +4,7 @@
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::report::plot::ScatterPoint;
+use crate::report::plot::{family_style, ScatterPoint};
 
 /// The baselines file shipped with toparch, embedded at build time.
 const EMBEDDED: &str = include_str!("../../specs/baselines.toml");
@@ -331,6 +331,7 @@ impl Baseline {
             x: self.value(x_metric)?,
             y: self.value(y_metric)?,
             series: series.to_string(),
+            style: family_style(self.family),
             approximate: self.is_approximate(x_metric) || self.is_approximate(y_metric),
         })
     }

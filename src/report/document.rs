@@ -2,7 +2,7 @@
 
 use super::baselines::{embedded_baselines, Baseline, Baselines, Family, Plot};
 use super::format::{percent, si, thousands};
-use super::plot::{line_svg, scatter_svg, stacked_bars_svg, LineSeries, StackedBar};
+use super::plot::{family_style, line_svg, scatter_svg, stacked_bars_svg, LineDash, LineSeries, StackedBar};
 use super::rows::{breakdown, published, Depth, Rows};
 use super::table::markdown_table;
 use crate::cost::{Convention, Profile};
@@ -115,8 +115,11 @@ pub fn build_report() -> Result<Vec<ReportFile>> {
     }
     let series: Vec<LineSeries> = sweep
         .iter()
-        .map(|(label, profiles)| LineSeries {
+        .zip([LineDash::Solid, LineDash::Dashed, LineDash::Dotted])
+        .map(|((label, profiles), dash)| LineSeries {
             name: format!("TopFormer-{label}"),
+            style: family_style(Family::Topformer),
+            dash,
             points: SWEEP
                 .iter()
                 .zip(profiles)

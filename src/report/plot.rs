@@ -11,12 +11,14 @@ use std::ops::Range;
 use plotters::backend::SVGBackend;
 use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint, Ranged};
 use plotters::coord::Shift;
+use plotters::element::DashedPathElement;
 use plotters::prelude::{
     Cartesian2d, ChartBuilder, ChartContext, Circle, Color, DrawingArea, IntoDrawingArea, IntoFont, PathElement,
     Polygon, RGBColor, Rectangle, ShapeStyle, Text, TextStyle, WHITE,
 };
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
+use super::baselines::Family;
 use crate::error::{Error, Result};
 
 /// One labelled marker in a scatter plot.
@@ -28,8 +30,10 @@ pub struct ScatterPoint {
     pub x: f64,
     /// Position on the y axis, in the axis' units.
     pub y: f64,
-    /// Series the point belongs to: one colour and marker shape per series, named in the legend.
+    /// Series the point belongs to, named in the legend.
     pub series: String,
+    /// How the point is drawn: its model family's marker and colour (the legend takes a series' first point's).
+    pub style: SeriesStyle,
     /// Whether a coordinate is approximate (e.g. digitised from a published plot); drawn hollow.
     pub approximate: bool,
 }
@@ -48,14 +52,17 @@ pub struct StackedBar {
 pub struct LineSeries {
     /// Series name for the legend.
     pub name: String,
+    /// Its model family's marker and colour.
+    pub style: SeriesStyle,
+    /// How the line is stroked, to tell apart lines of one family.
+    pub dash: LineDash,
     /// Data points `(x, y)`, drawn in the given order.
     pub points: Vec<(f64, f64)>,
 }
 
-/// Scatter of labelled points, one colour+marker per series, a legend, axis titles with units; log-scale x when
-/// asked. Approximate points are drawn hollow, and the legend says so. Series are coloured in order of first
-/// appearance, and earlier points are drawn over later ones; labels are placed greedily in input order, so list
-/// the points that matter most first.
+/// Scatter of labelled points, each drawn in its style, a legend of the series, axis titles with units;
+/// log-scale x when asked. Approximate points are drawn hollow, and the legend says so. Earlier points are drawn
+/// over later ones; labels are placed greedily in input order, so list the points that matter most first.
 pub fn scatter_svg(title: &str, x_label: &str, y_label: &str, log_x: bool, points: &[ScatterPoint]) -> Result<String> {
     if points.is_empty() {
         return Err(figure_error(title, "no points to plot"));
@@ -68,8 +75,8 @@ pub fn scatter_svg(title: &str, x_label: &str, y_label: &str, log_x: bool, point
     let series = first_appearance(points.iter().map(|p| p.series.as_str()));
     let mut legend: Vec<LegendEntry> = series
         .iter()
-        .enumerate()
-        .map(|(i, name)| LegendEntry { text: name.to_string(), swatch: Swatch::Marker(Marker::series(i, false)) })
+        .filter_map(|name| points.iter().find(|p| p.series == *name))
+        .map(|p| LegendEntry { text: p.series.clone(), swatch: Swatch::Marker(Marker::of(p.style, false)) })
         .collect();
     if points.iter().any(|p| p.approximate) {
         let marker = Marker { shape: Shape::Circle, color: APPROX_GREY, hollow: true };
@@ -82,8 +89,7 @@ pub fn scatter_svg(title: &str, x_label: &str, y_label: &str, log_x: bool, point
         let centres: Vec<(i32, i32)> = points.iter().map(|p| canvas.px(p.x, p.y)).collect();
         // Later points first, so that where markers coincide the first-listed series stays visible on top.
         for (p, &centre) in points.iter().zip(&centres).rev() {
-            let index = series.iter().position(|s| *s == p.series).unwrap_or(0);
-            canvas.marker(centre, Marker::series(index, p.approximate))?;
+            canvas.marker(centre, Marker::of(p.style, p.approximate))?;
         }
         let labels: Vec<&str> = points.iter().map(|p| p.label.as_str()).collect();
         for (label, &centre, place) in labels
@@ -187,17 +193,16 @@ pub fn line_svg(
     let y = Axis::numeric(title, y_label, &ys, Scale::for_log(log_y), TickSource::Nice)?;
     let legend = series
         .iter()
-        .enumerate()
-        .map(|(i, s)| LegendEntry { text: s.name.clone(), swatch: Swatch::Line(Marker::series(i, false)) })
+        .map(|s| LegendEntry { text: s.name.clone(), swatch: Swatch::Line(Marker::of(s.style, false), s.dash) })
         .collect();
 
     let data = series.iter().map(|s| s.points.clone()).collect();
     let figure = Figure { title, x, y, legend, data };
     render(&figure, |canvas| {
-        for (i, s) in series.iter().enumerate() {
-            let marker = Marker::series(i, false);
+        for s in series {
+            let marker = Marker::of(s.style, false);
             let pixels: Vec<(i32, i32)> = s.points.iter().map(|&(x, y)| canvas.px(x, y)).collect();
-            canvas.path(&pixels, marker.color, LINE_WIDTH)?;
+            draw_line(canvas.root, &pixels, marker.color, s.dash)?;
             for &p in &pixels {
                 canvas.marker(p, marker)?;
             }
@@ -246,6 +251,51 @@ const LEGEND_ROW: i32 = 26;
 const LEGEND_SWATCH: i32 = 30;
 const LEGEND_PAD: i32 = 10;
 
+/// How a model family is drawn in every figure: one marker shape and one colour.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SeriesStyle {
+    shape: Shape,
+    color: RGBColor,
+}
+
+/// The marker and colour of `family`, the same in every figure (new figures take their styles from here).
+pub fn family_style(family: Family) -> SeriesStyle {
+    let (shape, color) = match family {
+        Family::Topformer => (Shape::Circle, PALETTE[0]),
+        Family::Seaformer => (Shape::Diamond, PALETTE[1]),
+        Family::Cnn => (Shape::Square, PALETTE[2]),
+        Family::Vit => (Shape::TriangleUp, PALETTE[3]),
+    };
+    SeriesStyle { shape, color }
+}
+
+/// The stroke of a line series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineDash {
+    /// A continuous line.
+    Solid,
+    /// Long dashes.
+    Dashed,
+    /// Short dots.
+    Dotted,
+}
+
+/// Draws a polyline through `points` with `dash`.
+fn draw_line(
+    root: &DrawingArea<SVGBackend<'_>, Shift>,
+    points: &[(i32, i32)],
+    color: RGBColor,
+    dash: LineDash,
+) -> Result<()> {
+    let style = color.stroke_width(LINE_WIDTH);
+    let (dash_px, gap_px) = match dash {
+        LineDash::Solid => return root.draw(&PathElement::new(points.to_vec(), style)).map_err(drawing_error),
+        LineDash::Dashed => (7, 4),
+        LineDash::Dotted => (2, 3),
+    };
+    root.draw(&DashedPathElement::new(points.iter().copied(), dash_px, gap_px, style)).map_err(drawing_error)
+}
+
 /// The `i`-th palette colour, cycling.
 fn palette(i: usize) -> RGBColor {
     PALETTE[i % PALETTE.len()]
@@ -277,17 +327,14 @@ fn text_width(text: &str, size: f64) -> f64 {
     em * font_px(size)
 }
 
-/// Marker shapes, cycled per series.
+/// Marker shapes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Shape {
     Circle,
     Square,
     TriangleUp,
     Diamond,
-    TriangleDown,
 }
-
-const SHAPES: [Shape; 5] = [Shape::Circle, Shape::Square, Shape::TriangleUp, Shape::Diamond, Shape::TriangleDown];
 
 /// How one data point is drawn. Every marker is exactly one SVG `<circle>` or `<polygon>`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -298,9 +345,9 @@ struct Marker {
 }
 
 impl Marker {
-    /// The marker of the `index`-th series.
-    fn series(index: usize, hollow: bool) -> Marker {
-        Marker { shape: SHAPES[index % SHAPES.len()], color: palette(index), hollow }
+    /// The marker of a series style, hollow for approximate values.
+    fn of(style: SeriesStyle, hollow: bool) -> Marker {
+        Marker { shape: style.shape, color: style.color, hollow }
     }
 
     /// Polygon vertices around `(cx, cy)` (empty for a circle).
@@ -311,7 +358,6 @@ impl Marker {
             Shape::Square => &[(-0.85, -0.85), (0.85, -0.85), (0.85, 0.85), (-0.85, 0.85)],
             Shape::TriangleUp => &[(0.0, -1.2), (1.1, 0.75), (-1.1, 0.75)],
             Shape::Diamond => &[(0.0, -1.25), (1.1, 0.0), (0.0, 1.25), (-1.1, 0.0)],
-            Shape::TriangleDown => &[(0.0, 1.2), (1.1, -0.75), (-1.1, -0.75)],
         };
         unit.iter().map(|(dx, dy)| (cx + (dx * r).round() as i32, cy + (dy * r).round() as i32)).collect()
     }
@@ -323,7 +369,7 @@ enum Swatch {
     /// A marker (scatter series).
     Marker(Marker),
     /// A line segment with a marker on it (line series).
-    Line(Marker),
+    Line(Marker, LineDash),
     /// A filled block (bar segment).
     Block(RGBColor),
 }
@@ -732,10 +778,8 @@ fn draw_legend(
         let centre = (sx + LEGEND_SWATCH / 2, cy);
         match entry.swatch {
             Swatch::Marker(marker) => draw_marker(root, centre, marker)?,
-            Swatch::Line(marker) => {
-                let line =
-                    PathElement::new(vec![(sx, cy), (sx + LEGEND_SWATCH, cy)], marker.color.stroke_width(LINE_WIDTH));
-                root.draw(&line).map_err(drawing_error)?;
+            Swatch::Line(marker, dash) => {
+                draw_line(root, &[(sx, cy), (sx + LEGEND_SWATCH, cy)], marker.color, dash)?;
                 draw_marker(root, centre, marker)?;
             }
             Swatch::Block(color) => {
@@ -948,8 +992,10 @@ mod tests {
         r.unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// A point of series `series`, drawn as TopFormer's unless the series is named `t` (then as CNNs').
     fn point(label: &str, x: f64, y: f64, series: &str, approximate: bool) -> ScatterPoint {
-        ScatterPoint { label: label.into(), x, y, series: series.into(), approximate }
+        let family = if series == "t" { Family::Cnn } else { Family::Topformer };
+        ScatterPoint { label: label.into(), x, y, series: series.into(), style: family_style(family), approximate }
     }
 
     /// The figures the report draws, with the embedded baselines and illustrative TopFormer numbers.
@@ -983,8 +1029,11 @@ mod tests {
         let sizes = [256.0, 512.0, 768.0, 1024.0, 1536.0, 2048.0];
         [("TopFormer-T", 0.58), ("TopFormer-S", 1.16), ("TopFormer-B", 1.77)]
             .iter()
-            .map(|(name, at512)| LineSeries {
+            .zip([LineDash::Solid, LineDash::Dashed, LineDash::Dotted])
+            .map(|((name, at512), dash)| LineSeries {
                 name: name.to_string(),
+                style: family_style(Family::Topformer),
+                dash,
                 points: sizes.iter().map(|s| (*s, at512 * (s / 512.0) * (s / 512.0))).collect(),
             })
             .collect()
@@ -1062,19 +1111,44 @@ mod tests {
         }
     }
 
+    /// Across every figure of the report, a family keeps its marker and colour: TopFormer's colour only ever
+    /// fills or outlines circles, and every polygon marker is another family's (or a hollow one's white inside).
+    #[test]
+    fn every_report_figure_draws_a_family_in_one_style() {
+        let hex = |c: RGBColor| format!("#{:02X}{:02X}{:02X}", c.0, c.1, c.2);
+        let topformer = hex(family_style(Family::Topformer).color);
+        let others: Vec<String> =
+            [Family::Seaformer, Family::Cnn, Family::Vit].map(|f| hex(family_style(f).color)).to_vec();
+        let figures = ok(crate::report::document::build_report());
+        let mut with_topformer = 0;
+        for figure in figures.iter().filter(|f| f.name.ends_with(".svg") && !f.name.starts_with("stage-")) {
+            for line in figure.contents.lines() {
+                if line.starts_with("<circle ") {
+                    assert!(line.contains(&topformer) || line.contains(&hex(APPROX_GREY)), "{}: {line}", figure.name);
+                } else if line.starts_with("<polygon ") {
+                    let fill_ok = others.iter().any(|c| line.contains(c)) || line.contains("#FFFFFF");
+                    assert!(fill_ok && !line.contains(&topformer), "{}: {line}", figure.name);
+                }
+            }
+            let topformer_circle = |l: &str| l.starts_with("<circle ") && l.contains(&topformer);
+            with_topformer += usize::from(figure.contents.lines().any(topformer_circle));
+        }
+        assert_eq!(with_topformer, 5, "TopFormer appears as circles in every scatter and line figure");
+    }
+
     #[test]
     fn scatter_draws_approximate_points_hollow() {
         let points =
             [point("a", 1.0, 1.0, "s", false), point("b", 2.0, 2.0, "s", true), point("c", 3.0, 1.5, "t", true)];
         let svg = ok(scatter_svg("t", "x", "y", false, &points));
-        // Series "s" uses circles: hollow circles are unfilled; series "t" uses squares: hollow ones are a white
-        // polygon with an outline. The legend note is one more hollow circle.
+        // Series "s" (TopFormer) uses circles: hollow circles are unfilled; series "t" (CNNs) uses squares: hollow
+        // ones are a white polygon with an outline. The legend note is one more hollow circle.
         assert_eq!(elements(&svg, "circle", &[]), 2 + 1 + 1);
         assert_eq!(elements(&svg, "circle", &[r#"fill="none""#]), 1 + 1, "hollow point and legend note");
         assert_eq!(elements(&svg, "polygon", &[]), 1 + 1);
         assert_eq!(elements(&svg, "polygon", &[r##"fill="#FFFFFF""##]), 1, "hollow square is white inside");
         let outline =
-            format!(r##"stroke="#{:02X}{:02X}{:02X}" stroke-width="2""##, PALETTE[1].0, PALETTE[1].1, PALETTE[1].2);
+            format!(r##"stroke="#{:02X}{:02X}{:02X}" stroke-width="2""##, PALETTE[2].0, PALETTE[2].1, PALETTE[2].2);
         assert_eq!(elements(&svg, "polyline", &[&outline]), 1, "hollow square outline");
         let without = ok(scatter_svg("t", "x", "y", false, &points[..1]));
         assert_eq!(text_count(&without, "hollow: approximate value"), 0);
@@ -1125,11 +1199,17 @@ mod tests {
         check_figure(&svg, "flops-vs-resolution", &[title, xl, yl, "TopFormer-T", "TopFormer-S", "TopFormer-B"]);
         let points: usize = series.iter().map(|s| s.points.len()).sum();
         assert_eq!(marker_count(&svg), points + series.len());
-        // One polyline per series plus one per legend row, in the series colour.
-        for color in &PALETTE[..series.len()] {
-            let stroke = format!(r##"stroke="#{:02X}{:02X}{:02X}" stroke-width="2""##, color.0, color.1, color.2);
-            assert_eq!(elements(&svg, "polyline", &[&stroke]), 2);
+        // All three are TopFormer: one colour and one marker shape (circles), told apart by their stroke.
+        let color = family_style(Family::Topformer).color;
+        let stroke = format!(r##"stroke="#{:02X}{:02X}{:02X}" stroke-width="2""##, color.0, color.1, color.2);
+        for other in [Family::Seaformer, Family::Cnn, Family::Vit].map(|f| family_style(f).color) {
+            let stroke = format!(r##"stroke="#{:02X}{:02X}{:02X}""##, other.0, other.1, other.2);
+            assert_eq!(elements(&svg, "polyline", &[&stroke]), 0);
         }
+        assert_eq!(elements(&svg, "circle", &[]), points + series.len());
+        // The solid line and its legend swatch are one polyline each; dashes and dots are many short ones.
+        let solid = elements(&svg, "polyline", &[&stroke]);
+        assert!(solid > 2 * 3, "dashed lines are drawn as their dashes: {solid} polylines");
         // Few distinct x values: they are the ticks.
         for tick in ["256", "512", "768", "1024", "1536", "2048"] {
             assert_eq!(text_count(&svg, tick), 1, "x tick {tick}");
@@ -1167,9 +1247,15 @@ mod tests {
         let negative = vec![StackedBar { label: "a".into(), segments: vec![("s".into(), -1.0)] }];
         assert!(err_text(stacked_bars_svg("t", "y", &negative)).contains(">= 0"));
         assert!(err_text(stacked_bars_svg("t", "y", &[])).contains("no bars"));
-        let empty = [LineSeries { name: "a".into(), points: vec![] }];
+        let empty =
+            [LineSeries { name: "a".into(), style: family_style(Family::Cnn), dash: LineDash::Solid, points: vec![] }];
         assert!(err_text(line_svg("t", "x", "y", false, false, &empty)).contains("no points"));
-        let neg = [LineSeries { name: "a".into(), points: vec![(1.0, -2.0)] }];
+        let neg = [LineSeries {
+            name: "a".into(),
+            style: family_style(Family::Cnn),
+            dash: LineDash::Solid,
+            points: vec![(1.0, -2.0)],
+        }];
         assert!(err_text(line_svg("t", "x", "y", false, true, &neg)).contains("log axis"));
     }
 

@@ -26,7 +26,17 @@ pub fn embedded_specs() -> &'static [EmbeddedSpec] {
         "topformer-tiny",
         "topformer-small",
         "topformer-base",
+        "topformer-tiny-cityscapes",
         "topformer-base-cityscapes",
+        "topformer-tiny-pascal-context",
+        "topformer-small-pascal-context",
+        "topformer-base-pascal-context",
+        "topformer-tiny-pascal-context-59",
+        "topformer-small-pascal-context-59",
+        "topformer-base-pascal-context-59",
+        "topformer-tiny-coco-stuff",
+        "topformer-small-coco-stuff",
+        "topformer-base-coco-stuff",
         "topformer-tiny-imagenet",
         "topformer-small-imagenet",
         "topformer-base-imagenet",
@@ -160,10 +170,11 @@ fn resolve(child: Source) -> Result<LoadedSpec> {
 }
 
 /// Deep-merges `child` over `parent`. The task sections are alternatives: a child that writes `[classifier]`
-/// drops the parent's `[injection]` and `[head]`, and vice versa. A spec's description and published figures
-/// describe that network only, so they are never inherited.
+/// drops the parent's `[injection]` and `[head]`, and vice versa. A spec's description, dataset and published
+/// figures describe that network only, so they are never inherited.
 fn merge_spec(parent: &mut toml::Table, child: &toml::Table) {
     parent.remove("description");
+    parent.remove("dataset");
     parent.remove("published");
     if child.contains_key("classifier") {
         parent.remove("injection");

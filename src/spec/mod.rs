@@ -23,6 +23,11 @@ pub struct Spec {
     /// One line saying what the network is.
     #[serde(default)]
     pub description: String,
+    /// The dataset it is configured for (`ADE20K`, `Cityscapes`…), as `toparch list` groups specs.
+    #[serde(default)]
+    pub dataset: String,
+    /// Default input resolution (`"512"` or `"HxW"`), used when no `--res` is given.
+    pub res: Option<String>,
     /// Stem and MobileNetV2 blocks.
     pub token_pyramid: TokenPyramidSpec,
     /// Pyramid pool aggregation and transformer blocks.
@@ -344,6 +349,12 @@ impl Spec {
         }
     }
 
+    /// The resolution to use when none is asked for: `res`, else the first published figure's, else 512².
+    pub fn default_resolution(&self) -> (usize, usize) {
+        let written = self.res.as_deref().or(self.published.first().map(|p| p.res.as_str()));
+        written.and_then(|r| parse_resolution(r).ok()).unwrap_or((512, 512))
+    }
+
     /// The token dimension: the sum of the pyramid channels.
     pub fn token_dim(&self) -> usize {
         self.token_pyramid.channels.iter().sum()
@@ -353,6 +364,9 @@ impl Spec {
     pub fn validate(&self) -> Result<(), (String, String)> {
         let err = |key: &str, msg: String| Err((key.to_string(), msg));
         self.check_sizes()?;
+        if let Some(Err(e)) = self.res.as_deref().map(parse_resolution) {
+            return err("res", e.to_string());
+        }
         for (i, figure) in self.published.iter().enumerate() {
             if let Err(e) = parse_resolution(&figure.res) {
                 return err(&format!("published[{i}].res"), e.to_string());
