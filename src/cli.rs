@@ -12,7 +12,7 @@ use crate::report::json::profile_json;
 use crate::report::table::{render_profile, Style};
 use crate::report::timing::render_timing;
 use crate::report::Depth;
-use crate::spec::{embedded_specs, load_embedded, load_file, parse_resolution, LoadedSpec, Task};
+use crate::spec::{embedded_specs, load_embedded, parse_resolution, LoadedSpec, Override, SpecTemplate, Task};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::io::Write;
 use std::path::PathBuf;
@@ -107,16 +107,26 @@ pub struct SpecArgs {
     /// Override the number of classes.
     #[arg(long)]
     classes: Option<usize>,
+    /// Override a spec key, after `extends` and before validation: `semantics_extractor.depth=3`,
+    /// `head.channels=96`, `token_pyramid.blocks=[[3,1,16,1],[3,4,16,2]]`. The value is TOML. Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<Override>,
 }
 
 impl SpecArgs {
-    /// Loads the spec and applies `--classes`.
-    pub fn load(&self) -> Result<LoadedSpec> {
-        let mut loaded = match (&self.variant, &self.spec) {
-            (_, Some(path)) => load_file(path)?,
-            (Some(name), None) => load_embedded(name)?,
-            (None, None) => return Err(Error::input("name a network with --variant NAME or --spec FILE")),
-        };
+    /// The named spec with its `extends` merged, before `--set`.
+    pub fn template(&self) -> Result<SpecTemplate> {
+        match (&self.variant, &self.spec) {
+            (_, Some(path)) => SpecTemplate::file(path),
+            (Some(name), None) => SpecTemplate::embedded(name),
+            (None, None) => Err(Error::input("name a network with --variant NAME or --spec FILE")),
+        }
+    }
+
+    /// Instantiates `template` with `--set` and then `extra` overrides, and applies `--classes`.
+    pub fn instantiate(&self, template: &SpecTemplate, extra: &[Override]) -> Result<LoadedSpec> {
+        let overrides: Vec<Override> = self.set.iter().chain(extra).cloned().collect();
+        let mut loaded = template.instantiate(&overrides)?;
         if let Some(classes) = self.classes {
             if classes == 0 {
                 return Err(Error::input("--classes must be positive"));
@@ -124,6 +134,11 @@ impl SpecArgs {
             loaded.spec.set_num_classes(classes);
         }
         Ok(loaded)
+    }
+
+    /// Loads the spec with `--set` and `--classes` applied.
+    pub fn load(&self) -> Result<LoadedSpec> {
+        self.instantiate(&self.template()?, &[])
     }
 
     /// `--res` parsed, if given.
@@ -134,9 +149,9 @@ impl SpecArgs {
     /// Loads the spec and compiles it at `--res`, else the spec's first published resolution, else 512².
     pub fn compile(&self) -> Result<(LoadedSpec, Graph)> {
         let loaded = self.load()?;
-        let res = match (&self.res, loaded.spec.published.first()) {
+        let res = match (&self.res, &loaded.published_res) {
             (Some(res), _) => res.clone(),
-            (None, Some(p)) => p.res.clone(),
+            (None, Some(published)) => published.clone(),
             (None, None) => "512".into(),
         };
         let (h, w) = parse_resolution(&res)?;
