@@ -7,15 +7,20 @@ use crate::exec::image_io::{palette, write_class_map_png};
 use crate::exec::weights::{read_tensors, write_safetensors};
 use crate::exec::{argmax_resized, read_input, Executor, NodeParams};
 use crate::graph::Graph;
+use crate::explore::{Diff, Grid, Metric, Sweep};
 use crate::report::document::write_report;
+use crate::report::explore::{
+    diff_json, render_diff, sweep_csv, sweep_json, sweep_markdown, sweep_summary, write_sweep, DiffSide,
+};
 use crate::report::json::profile_json;
 use crate::report::table::{render_profile, Style};
 use crate::report::timing::render_timing;
 use crate::report::Depth;
 use crate::spec::{embedded_specs, load_embedded, parse_resolution, LoadedSpec, Override, SpecTemplate, Task};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Analyse TopFormer-family segmentation networks: exact params and FLOPs, a reference forward pass,
@@ -37,6 +42,10 @@ enum Command {
     Graph(SpecArgs),
     /// Run the network: logits to .safetensors, or a coloured class map to .png.
     Forward(ForwardArgs),
+    /// Compare two networks per stage and block: params, FLOPs under every convention, deltas.
+    Diff(DiffArgs),
+    /// Profile the Cartesian product of grids of spec overrides and find the Pareto front.
+    Sweep(SweepArgs),
     /// Check FLOP and parameter budgets; exits 1 when one is exceeded.
     Check(CheckArgs),
     /// Write the markdown report and its SVG figures.
@@ -146,18 +155,128 @@ impl SpecArgs {
         self.res.as_deref().map(parse_resolution).transpose()
     }
 
-    /// Loads the spec and compiles it at `--res`, else the spec's first published resolution, else 512².
+    /// Loads the spec and compiles it at [`input_size`](SpecArgs::input_size).
     pub fn compile(&self) -> Result<(LoadedSpec, Graph)> {
         let loaded = self.load()?;
-        let res = match (&self.res, &loaded.published_res) {
-            (Some(res), _) => res.clone(),
-            (None, Some(published)) => published.clone(),
-            (None, None) => "512".into(),
-        };
-        let (h, w) = parse_resolution(&res)?;
+        let (h, w) = input_size(self.res.as_deref(), &loaded)?;
         let graph = loaded.compile(h, w)?;
         Ok((loaded, graph))
     }
+}
+
+/// `res` if given, else the spec's first published resolution, else 512².
+fn input_size(res: Option<&str>, loaded: &LoadedSpec) -> Result<(usize, usize)> {
+    parse_resolution(res.or(loaded.published_res.as_deref()).unwrap_or("512"))
+}
+
+/// Compare two networks.
+#[derive(Args, Debug)]
+struct DiffArgs {
+    /// Network A: an embedded spec name (see `toparch list`) or a spec file.
+    a: String,
+    /// Network B: an embedded spec name or a spec file.
+    b: String,
+    /// Override a key of both specs (KEY=VALUE, the value TOML). Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<Override>,
+    /// Override a key of A only. Repeatable.
+    #[arg(long = "set-a", value_name = "KEY=VALUE")]
+    set_a: Vec<Override>,
+    /// Override a key of B only. Repeatable.
+    #[arg(long = "set-b", value_name = "KEY=VALUE")]
+    set_b: Vec<Override>,
+    /// Input resolution of both: 512 or HxW. Defaults to A's first published resolution, else 512.
+    #[arg(long, short = 'r')]
+    res: Option<String>,
+    /// Counting convention of the per-stage and per-block FLOPs (totals show every convention).
+    #[arg(long, short = 'c', value_enum, default_value = "paper")]
+    convention: Convention,
+    /// Output format.
+    #[arg(long, short = 'f', value_enum, default_value = "table")]
+    format: Format,
+}
+
+fn diff(args: &DiffArgs) -> Result<String> {
+    let load = |name: &str, own: &[Override]| -> Result<(LoadedSpec, Vec<Override>)> {
+        let overrides: Vec<Override> = args.set.iter().chain(own).cloned().collect();
+        Ok((SpecTemplate::reference(name, Path::new("."))?.instantiate(&overrides)?, overrides))
+    };
+    let (a, set_a) = load(&args.a, &args.set_a)?;
+    let (b, set_b) = load(&args.b, &args.set_b)?;
+    let (h, w) = input_size(args.res.as_deref(), &a)?;
+    let profile_a = Profile::new(&a.compile(h, w)?, &a.spec)?;
+    let profile_b = Profile::new(&b.compile(h, w)?, &b.spec)?;
+    let side = |profile, set: &[Override]| DiffSide { profile, set: set.iter().map(Override::describe).collect() };
+    let (side_a, side_b) = (side(&profile_a, &set_a), side(&profile_b, &set_b));
+    let diff = Diff::new(&profile_a, &profile_b);
+    Ok(match args.format {
+        Format::Table => render_diff(&diff, &side_a, &side_b, args.convention, Style::Terminal),
+        Format::Markdown => render_diff(&diff, &side_a, &side_b, args.convention, Style::Markdown),
+        Format::Json => diff_json(&diff, &side_a, &side_b),
+    })
+}
+
+/// Profile every combination of grids of overrides.
+#[derive(Args, Debug)]
+struct SweepArgs {
+    #[command(flatten)]
+    spec: SpecArgs,
+    /// A key and the values it takes (`semantics_extractor.depth=2,3,4`); keys joined by `+` take each value
+    /// together (`injection.channels+head.channels=128,192`). Repeatable: the sweep is the Cartesian product.
+    #[arg(long = "grid", value_name = "KEY=V1,V2,…", required = true)]
+    grid: Vec<Grid>,
+    /// Format of the table printed to standard output.
+    #[arg(long, short = 'f', value_enum, default_value = "csv")]
+    format: SweepFormat,
+    /// Also write sweep.csv, sweep.md and pareto.svg (the Pareto front) into this directory.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The Pareto front's x metric (minimised).
+    #[arg(long, value_enum, default_value = "params")]
+    x: Metric,
+    /// The Pareto front's y metric (minimised).
+    #[arg(long, value_enum, default_value = "paper")]
+    y: Metric,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum SweepFormat {
+    Csv,
+    Json,
+    Markdown,
+}
+
+fn sweep(args: &SweepArgs) -> Result<String> {
+    let template = args.spec.template()?;
+    let base = args.spec.instantiate(&template, &[])?;
+    let res = input_size(args.spec.res.as_deref(), &base)?;
+    let progress = ProgressBar::new(Sweep::size(&args.grid)? as u64).with_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} variants, {per_sec}, {eta} left")
+            .expect("the progress template is valid"),
+    );
+    let base_set: Vec<Override> = args.spec.set.clone();
+    let sweep = Sweep::run(
+        &base.spec.name,
+        args.grid.clone(),
+        res,
+        (args.x, args.y),
+        |overrides| template.check_schema(&[base_set.as_slice(), overrides].concat()),
+        |overrides| args.spec.instantiate(&template, overrides),
+        || progress.inc(1),
+    );
+    progress.finish_and_clear();
+    let sweep = sweep?;
+    if let Some(dir) = &args.out {
+        for path in write_sweep(&sweep, dir)? {
+            eprintln!("wrote {}", path.display());
+        }
+    }
+    eprintln!("{}", sweep_summary(&sweep));
+    Ok(match args.format {
+        SweepFormat::Csv => sweep_csv(&sweep),
+        SweepFormat::Json => sweep_json(&sweep),
+        SweepFormat::Markdown => sweep_markdown(&sweep),
+    })
 }
 
 #[derive(Args, Debug)]
@@ -312,6 +431,8 @@ fn run(cli: Cli) -> Result<Outcome> {
         Command::Profile(args) => profile(&args).map(Outcome::from),
         Command::Graph(args) => Ok(args.compile()?.1.to_dot().into()),
         Command::Forward(args) => forward(&args).map(Outcome::from),
+        Command::Diff(args) => diff(&args).map(Outcome::from),
+        Command::Sweep(args) => sweep(&args).map(Outcome::from),
         Command::Check(args) => check(&args),
         Command::Report(args) => {
             let written = write_report(&args.out)?;

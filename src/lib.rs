@@ -5,6 +5,7 @@ pub mod cli;
 pub mod cost;
 pub mod error;
 pub mod exec;
+pub mod explore;
 pub mod graph;
 pub mod kernels;
 pub mod ops;

@@ -12,7 +12,7 @@ use crate::spec::{embedded_specs, load_embedded, parse_resolution, Spec};
 use std::path::{Path, PathBuf};
 
 /// The ADE20K variants the report compares, by embedded spec name and short label.
-const VARIANTS: [(&str, &str); 3] = [("topformer-tiny", "T"), ("topformer-small", "S"), ("topformer-base", "B")];
+pub(crate) const VARIANTS: [(&str, &str); 3] = [("topformer-tiny", "T"), ("topformer-small", "S"), ("topformer-base", "B")];
 
 /// Resolutions of the FLOPs-vs-resolution sweep (square inputs).
 const SWEEP: [usize; 7] = [256, 384, 512, 768, 1024, 1536, 2048];

@@ -2,6 +2,7 @@
 
 pub mod baselines;
 pub mod document;
+pub mod explore;
 pub mod format;
 pub mod json;
 pub mod plot;

@@ -206,6 +206,85 @@ pub fn line_svg(
     })
 }
 
+/// Most sweep variants [`pareto_svg`] draws as dots; beyond it, an evenly strided subset (the front is always
+/// drawn whole).
+pub const MAX_VARIANT_DOTS: usize = 5000;
+
+/// Radius of a sweep variant's dot, in pixels.
+const DOT_RADIUS: i32 = 2;
+
+/// A design-space sweep: every variant a small grey dot (at most [`MAX_VARIANT_DOTS`]), the Pareto front's
+/// points joined in order and each labelled, then labelled reference points (e.g. published networks) in series
+/// of their own. Points are `(x, y)` in axis units.
+pub fn pareto_svg(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    variants: &[(f64, f64)],
+    front: &[ScatterPoint],
+    references: &[ScatterPoint],
+) -> Result<String> {
+    if front.is_empty() {
+        return Err(figure_error(title, "no Pareto front to plot"));
+    }
+    let stride = variants.len().div_ceil(MAX_VARIANT_DOTS).max(1);
+    let dots: Vec<(f64, f64)> = variants.iter().step_by(stride).copied().collect();
+    let labelled: Vec<&ScatterPoint> = front.iter().chain(references).collect();
+    let xs: Vec<f64> = dots.iter().map(|p| p.0).chain(labelled.iter().map(|p| p.x)).collect();
+    let ys: Vec<f64> = dots.iter().map(|p| p.1).chain(labelled.iter().map(|p| p.y)).collect();
+    let x = Axis::numeric(title, x_label, &xs, Scale::Linear, TickSource::Nice)?;
+    let y = Axis::numeric(title, y_label, &ys, Scale::Linear, TickSource::Nice)?;
+
+    let dot = Marker { shape: Shape::Circle, color: GRID_BOLD, hollow: false };
+    let dots_text = match stride {
+        1 => format!("variants ({})", variants.len()),
+        k => format!("variants (every {k}th of {})", variants.len()),
+    };
+    let reference_series = first_appearance(references.iter().map(|p| p.series.as_str()));
+    let front_series = front[0].series.as_str();
+    let mut legend = vec![
+        LegendEntry { text: dots_text, swatch: Swatch::Marker(dot) },
+        LegendEntry { text: front_series.to_string(), swatch: Swatch::Line(Marker::series(0, false)) },
+    ];
+    legend.extend(reference_series.iter().enumerate().map(|(i, name)| LegendEntry {
+        text: name.to_string(),
+        swatch: Swatch::Marker(Marker::series(i + 1, false)),
+    }));
+
+    let mut data: Vec<Vec<(f64, f64)>> = vec![front.iter().map(|p| (p.x, p.y)).collect()];
+    data.extend(labelled.iter().map(|p| vec![(p.x, p.y)]));
+    data.extend(dots.iter().map(|&p| vec![p]));
+    let figure = Figure { title, x, y, legend, data };
+    render(&figure, |canvas| {
+        for &(x, y) in &dots {
+            let centre = canvas.px(x, y);
+            canvas.root.draw(&Circle::new(centre, DOT_RADIUS, dot.color.filled())).map_err(drawing_error)?;
+        }
+        let front_marker = Marker::series(0, false);
+        let line: Vec<(i32, i32)> = front.iter().map(|p| canvas.px(p.x, p.y)).collect();
+        canvas.path(&line, front_marker.color, LINE_WIDTH)?;
+        let centres: Vec<(i32, i32)> = labelled.iter().map(|p| canvas.px(p.x, p.y)).collect();
+        // References last in the list, drawn first: the front stays on top where they coincide.
+        for (i, (p, &centre)) in labelled.iter().zip(&centres).enumerate().rev() {
+            let marker = match reference_series.iter().position(|s| *s == p.series) {
+                Some(series) if i >= front.len() => Marker::series(series + 1, p.approximate),
+                _ => front_marker,
+            };
+            canvas.marker(centre, marker)?;
+        }
+        let labels: Vec<&str> = labelled.iter().map(|p| p.label.as_str()).collect();
+        for ((label, &centre), place) in
+            labels.iter().zip(&centres).zip(place_labels(&centres, &labels, canvas.plot_box(), &canvas.legend_box))
+        {
+            if place.leader {
+                canvas.path(&[centre, place.leader_end], LEADER_GREY, 1)?;
+            }
+            canvas.text(label, place.at, place.pos, LABEL_SIZE, TEXT_COLOR)?;
+        }
+        Ok(())
+    })
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Shared style
 

@@ -185,37 +185,49 @@ impl SpecTemplate {
     /// Applies `overrides` in order, then deserialises and validates exactly as for a file. A problem at a key
     /// an override wrote names that override; any other names the file and line that wrote the key.
     pub fn instantiate(&self, overrides: &[Override]) -> Result<LoadedSpec> {
-        let mut merged = self.merged.clone();
-        for o in overrides {
-            o.key.assign(&mut merged, o.value.clone()).map_err(|e| self.override_error(o, o.key.as_str(), e))?;
-        }
-        let unchanged = merged == self.merged;
-        let blame = |key: &str, message: String| -> Error {
-            if let Some(o) = overrides.iter().rev().find(|o| o.key.covers(key)) {
-                return self.override_error(o, key, message);
-            }
-            // The key a problem is reported at is looked up in the most derived document that writes it.
-            let source = self.chain.iter().find(|s| s.locator.contains(key)).unwrap_or(&self.chain[0]);
-            let error = source.error(key, message);
-            match overrides {
-                [] => error,
-                _ => {
-                    let all: Vec<_> = overrides.iter().map(Override::describe).collect();
-                    Error::input(format!("{error} (with --set {})", all.join(", --set ")))
-                }
-            }
-        };
-        let mut spec: Spec = serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|e| {
-            let key = e.path().to_string();
-            blame(if key == "." { "name" } else { &key }, first_line(&e.inner().to_string()))
-        })?;
-        spec.validate().map_err(|(key, message)| blame(&key, message))?;
+        let (mut spec, unchanged) = self.deserialize(overrides)?;
+        spec.validate().map_err(|(key, message)| self.blame(overrides, &key, message))?;
         let published_res = spec.published.first().map(|p| p.res.clone());
         // Published figures are of the network as written; an override that changes it makes them another's.
         if !unchanged {
             spec.published.clear();
         }
         Ok(LoadedSpec { spec, origin: self.origin().to_string(), published_res })
+    }
+
+    /// Checks that `overrides` name known keys and give them values of the right type, without the
+    /// cross-field rules (a value may be valid only together with another override).
+    pub fn check_schema(&self, overrides: &[Override]) -> Result<()> {
+        self.deserialize(overrides).map(drop)
+    }
+
+    /// The spec with `overrides` applied, deserialised, and whether the overrides left it as written.
+    fn deserialize(&self, overrides: &[Override]) -> Result<(Spec, bool)> {
+        let mut merged = self.merged.clone();
+        for o in overrides {
+            o.key.assign(&mut merged, o.value.clone()).map_err(|e| self.override_error(o, o.key.as_str(), e))?;
+        }
+        let unchanged = merged == self.merged;
+        let spec = serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|e| {
+            let key = e.path().to_string();
+            self.blame(overrides, if key == "." { "name" } else { &key }, first_line(&e.inner().to_string()))
+        })?;
+        Ok((spec, unchanged))
+    }
+
+    /// An error at `key`: from the override that wrote it, else from the most derived document that writes it
+    /// (naming its line), noting any overrides.
+    fn blame(&self, overrides: &[Override], key: &str, message: String) -> Error {
+        if let Some(o) = overrides.iter().rev().find(|o| o.key.covers(key)) {
+            return self.override_error(o, key, message);
+        }
+        let source = self.chain.iter().find(|s| s.locator.contains(key)).unwrap_or(&self.chain[0]);
+        let error = source.error(key, message);
+        if overrides.is_empty() {
+            return error;
+        }
+        let all: Vec<_> = overrides.iter().map(Override::describe).collect();
+        Error::input(format!("{error} (with --set {})", all.join(", --set ")))
     }
 
     fn override_error(&self, o: &Override, key: &str, message: impl std::fmt::Display) -> Error {
