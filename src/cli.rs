@@ -7,7 +7,7 @@ use crate::exec::image_io::{palette, write_class_map_png};
 use crate::exec::weights::{read_tensors, write_safetensors};
 use crate::exec::{argmax_resized, read_input, Executor, NodeParams};
 use crate::graph::Graph;
-use crate::explore::{Diff, Grid, Metric, Sweep};
+use crate::explore::{Diff, Goal, Grid, Metric, Objective, Sweep};
 use crate::report::document::write_report;
 use crate::report::explore::{
     diff_json, render_diff, sweep_csv, sweep_json, sweep_markdown, sweep_summary, write_sweep, DiffSide,
@@ -231,12 +231,18 @@ struct SweepArgs {
     /// Also write sweep.csv, sweep.md and pareto.svg (the Pareto front) into this directory.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// The Pareto front's x metric (minimised).
+    /// The Pareto front's x metric.
     #[arg(long, value_enum, default_value = "params")]
     x: Metric,
-    /// The Pareto front's y metric (minimised).
+    /// Whether a smaller or larger x is better (`max` with params: the most capacity for the FLOPs).
+    #[arg(long, value_enum, default_value = "min")]
+    x_goal: Goal,
+    /// The Pareto front's y metric.
     #[arg(long, value_enum, default_value = "paper")]
     y: Metric,
+    /// Whether a smaller or larger y is better.
+    #[arg(long, value_enum, default_value = "min")]
+    y_goal: Goal,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -259,7 +265,7 @@ fn sweep(args: &SweepArgs) -> Result<String> {
         &base.spec.name,
         args.grid.clone(),
         res,
-        (args.x, args.y),
+        (Objective { metric: args.x, goal: args.x_goal }, Objective { metric: args.y, goal: args.y_goal }),
         |overrides| template.check_schema(&[base_set.as_slice(), overrides].concat()),
         |overrides| args.spec.instantiate(&template, overrides),
         || progress.inc(1),

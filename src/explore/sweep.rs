@@ -83,7 +83,7 @@ pub struct SweepRow {
     pub params: u64,
     /// Total cost under every convention.
     pub cost: Cost,
-    /// Whether no other row is at least as good on both plotted metrics and better on one.
+    /// Whether no other row is at least as good on both objectives and better on one.
     pub pareto: bool,
 }
 
@@ -158,6 +158,49 @@ impl Metric {
     }
 }
 
+/// Whether the Pareto front wants a metric small or large.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Goal {
+    /// Smaller is better (a cost).
+    Min,
+    /// Larger is better (e.g. parameters as capacity at a FLOP budget).
+    Max,
+}
+
+/// A metric the Pareto front is taken over, and which way is better.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Objective {
+    /// The metric.
+    pub metric: Metric,
+    /// Which way is better.
+    pub goal: Goal,
+}
+
+impl Objective {
+    /// A metric to minimise.
+    pub fn min(metric: Metric) -> Self {
+        Objective { metric, goal: Goal::Min }
+    }
+
+    /// The row's value, turned so that smaller is better.
+    fn rank(self, row: &SweepRow) -> u64 {
+        let value = row.metric(self.metric);
+        match self.goal {
+            Goal::Min => value,
+            Goal::Max => u64::MAX - value,
+        }
+    }
+
+    /// `params (max)`, `paper (min)`.
+    pub fn describe(self) -> String {
+        let goal = match self.goal {
+            Goal::Min => "min",
+            Goal::Max => "max",
+        };
+        format!("{} ({goal})", self.metric.name())
+    }
+}
+
 /// A finished sweep.
 #[derive(Clone, Debug)]
 pub struct Sweep {
@@ -171,8 +214,8 @@ pub struct Sweep {
     pub rows: Vec<SweepRow>,
     /// Combinations the validator refused.
     pub skipped: Vec<Skipped>,
-    /// The metrics the Pareto front minimises: x, y.
-    pub axes: (Metric, Metric),
+    /// What the Pareto front is taken over: x, y.
+    pub axes: (Objective, Objective),
 }
 
 impl Sweep {
@@ -184,7 +227,7 @@ impl Sweep {
         base: &str,
         grids: Vec<Grid>,
         res: (usize, usize),
-        axes: (Metric, Metric),
+        axes: (Objective, Objective),
         check_schema: impl Fn(&[Override]) -> Result<()>,
         instantiate: impl Fn(&[Override]) -> Result<LoadedSpec> + Sync,
         tick: impl Fn() + Sync,
@@ -229,7 +272,7 @@ impl Sweep {
                 labels.join(", --grid ")
             )));
         }
-        let points: Vec<(u64, u64)> = rows.iter().map(|r| (r.metric(axes.0), r.metric(axes.1))).collect();
+        let points: Vec<(u64, u64)> = rows.iter().map(|r| (axes.0.rank(r), axes.1.rank(r))).collect();
         for i in pareto_front(&points) {
             rows[i].pareto = true;
         }
@@ -250,7 +293,7 @@ impl Sweep {
     /// The rows on the Pareto front, by increasing x.
     pub fn front(&self) -> Vec<&SweepRow> {
         let mut front: Vec<&SweepRow> = self.rows.iter().filter(|r| r.pareto).collect();
-        front.sort_by_key(|r| (r.metric(self.axes.0), r.metric(self.axes.1)));
+        front.sort_by_key(|r| (r.metric(self.axes.0.metric), r.metric(self.axes.1.metric)));
         front
     }
 }

@@ -8,7 +8,9 @@ use super::table::markdown_table;
 use crate::cost::{Convention, Profile};
 use crate::error::{write_atomic, Error, Result};
 use crate::graph::compile;
-use crate::spec::{embedded_specs, load_embedded, parse_resolution, Spec};
+use crate::explore::{Goal, Grid, Metric, Objective, Sweep};
+use crate::report::explore::{pareto_figure, pareto_title};
+use crate::spec::{embedded_specs, load_embedded, parse_resolution, Spec, SpecTemplate};
 use std::path::{Path, PathBuf};
 
 /// The ADE20K variants the report compares, by embedded spec name and short label.
@@ -16,6 +18,64 @@ pub(crate) const VARIANTS: [(&str, &str); 3] = [("topformer-tiny", "T"), ("topfo
 
 /// Resolutions of the FLOPs-vs-resolution sweep (square inputs).
 const SWEEP: [usize; 7] = [256, 384, 512, 768, 1024, 1536, 2048];
+
+/// The worked design-space sweep around TopFormer-B: transformer depth × heads × injection/head width at 512².
+const DESIGN_SPACE_GRIDS: [&str; 3] = [
+    "semantics_extractor.depth=2,3,4,5,6",
+    "semantics_extractor.num_heads=4,6,8,10",
+    "injection.channels+head.channels=128,160,192,224,256",
+];
+
+/// File name of the design-space figure.
+const DESIGN_SPACE_FIGURE: &str = "design-space-base.svg";
+
+/// Sweeps [`DESIGN_SPACE_GRIDS`] around TopFormer-B; the front is the most parameters (capacity) for the fewest
+/// paper FLOPs.
+fn design_space() -> Result<Sweep> {
+    let template = SpecTemplate::embedded("topformer-base")?;
+    let grids = DESIGN_SPACE_GRIDS.iter().map(|g| g.parse().map_err(Error::input)).collect::<Result<Vec<Grid>>>()?;
+    let axes = (Objective { metric: Metric::Params, goal: Goal::Max }, Objective::min(Metric::Paper));
+    Sweep::run(
+        "topformer-base",
+        grids,
+        (512, 512),
+        axes,
+        |o| template.check_schema(o),
+        |o| template.instantiate(o),
+        || {},
+    )
+}
+
+/// The report's design-space section: the figure, what it shows, and the front as a table.
+fn design_space_section(sweep: &Sweep) -> String {
+    let grids: Vec<String> = DESIGN_SPACE_GRIDS.iter().map(|g| format!("--grid {g}")).collect();
+    let mut md = format!(
+        "\n## Design space around TopFormer-B\n\n\
+         `toparch sweep --variant base --res 512 {} --x-goal max` profiles all {} variants in well under a \
+         second. Without accuracy, the useful front of two costs is the most parameters (capacity) for the FLOPs: \
+         a variant off the front buys its FLOPs less capacity than one on it.\n\n![Design space around \
+         TopFormer-B]({DESIGN_SPACE_FIGURE})\n\n",
+        grids.join(" "),
+        sweep.rows.len()
+    );
+    md.push_str(DESIGN_SPACE_TEXT);
+    md.push_str("\n\nThe front, by FLOPs:\n\n");
+    let mut front = Rows {
+        header: sweep.grids.iter().map(|g| format!("`{}`", g.label)).chain(["params".into(), "FLOPs (paper)".into()]).collect(),
+        body: vec![],
+        total: vec![],
+    };
+    for row in sweep.front() {
+        let mut cells: Vec<String> = row.set.iter().map(|(_, v)| v.to_string()).collect();
+        cells.extend([thousands(row.params), thousands(row.cost.paper)]);
+        front.body.push(cells);
+    }
+    md.push_str(&markdown_table(&front));
+    md
+}
+
+/// What the design-space figure shows (checked against the sweep by the tests).
+const DESIGN_SPACE_TEXT: &str = "TODO";
 
 /// One generated file.
 pub struct ReportFile {
@@ -135,7 +195,11 @@ pub fn build_report() -> Result<Vec<ReportFile>> {
             &series,
         )?,
     });
-    files.push(ReportFile { name: "README.md".into(), contents: markdown(&baselines, &at_512, &sweep)? });
+    let design = design_space()?;
+    files.push(ReportFile { name: DESIGN_SPACE_FIGURE.into(), contents: pareto_figure(&design, &pareto_title(&design))? });
+    let mut md = markdown(&baselines, &at_512, &sweep)?;
+    md.push_str(&design_space_section(&design));
+    files.push(ReportFile { name: "README.md".into(), contents: md });
     Ok(files)
 }
 

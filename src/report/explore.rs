@@ -228,7 +228,12 @@ pub fn sweep_json(sweep: &Sweep) -> String {
     let json = json!({
         "base": sweep.base,
         "res": [sweep.res.0, sweep.res.1],
-        "pareto_axes": {"x": sweep.axes.0.name(), "y": sweep.axes.1.name()},
+        "pareto": {
+            "x": sweep.axes.0.metric.name(),
+            "x_goal": format!("{:?}", sweep.axes.0.goal).to_lowercase(),
+            "y": sweep.axes.1.metric.name(),
+            "y_goal": format!("{:?}", sweep.axes.1.goal).to_lowercase(),
+        },
         "rows": rows,
         "skipped": skipped,
     });
@@ -273,8 +278,8 @@ pub fn sweep_markdown(sweep: &Sweep) -> String {
         sweep.res.1,
         sweep.rows.len(),
         sweep.rows.iter().filter(|r| r.pareto).count(),
-        sweep.axes.1.name(),
-        sweep.axes.0.name(),
+        sweep.axes.1.describe(),
+        sweep.axes.0.describe(),
         sweep.skipped.len()
     );
     let mut header: Vec<String> = sweep.grids.iter().map(|g| format!("`{}`", g.label)).collect();
@@ -301,7 +306,7 @@ pub fn sweep_markdown(sweep: &Sweep) -> String {
 }
 
 /// The published TopFormer-T/S/B configurations at `res`, as labelled points on `axes`.
-fn published_points(res: (usize, usize), axes: (Metric, Metric)) -> Result<Vec<ScatterPoint>> {
+fn published_points(res: (usize, usize), (x, y): (Metric, Metric)) -> Result<Vec<ScatterPoint>> {
     VARIANTS
         .iter()
         .map(|&(name, label)| {
@@ -311,8 +316,8 @@ fn published_points(res: (usize, usize), axes: (Metric, Metric)) -> Result<Vec<S
                 SweepRow { set: vec![], params: graph.learnable_params(), cost: graph.total_cost(), pareto: false };
             Ok(ScatterPoint {
                 label: format!("TopFormer-{label}"),
-                x: row.metric(axes.0) as f64 / axes.0.scale(),
-                y: row.metric(axes.1) as f64 / axes.1.scale(),
+                x: row.metric(x) as f64 / x.scale(),
+                y: row.metric(y) as f64 / y.scale(),
                 series: "TopFormer-T/S/B as published".into(),
                 approximate: false,
             })
@@ -323,7 +328,7 @@ fn published_points(res: (usize, usize), axes: (Metric, Metric)) -> Result<Vec<S
 /// The Pareto-front figure: every variant, the front joined and each of its points labelled with its values,
 /// and the published TopFormer-T/S/B marked.
 pub fn pareto_figure(sweep: &Sweep, title: &str) -> Result<String> {
-    let (x, y) = sweep.axes;
+    let (x, y) = (sweep.axes.0.metric, sweep.axes.1.metric);
     let at = |r: &SweepRow| (r.metric(x) as f64 / x.scale(), r.metric(y) as f64 / y.scale());
     let names = grid_names(sweep);
     let front: Vec<ScatterPoint> = sweep
@@ -337,7 +342,7 @@ pub fn pareto_figure(sweep: &Sweep, title: &str) -> Result<String> {
         })
         .collect();
     let variants: Vec<(f64, f64)> = sweep.rows.iter().map(at).collect();
-    pareto_svg(title, &x.axis_title(), &y.axis_title(), &variants, &front, &published_points(sweep.res, sweep.axes)?)
+    pareto_svg(title, &x.axis_title(), &y.axis_title(), &variants, &front, &published_points(sweep.res, (x, y))?)
 }
 
 /// The default title of a sweep's Pareto figure.
@@ -347,8 +352,8 @@ pub fn pareto_title(sweep: &Sweep) -> String {
         sweep.base,
         sweep.res.0,
         sweep.res.1,
-        sweep.axes.1.name(),
-        sweep.axes.0.name()
+        sweep.axes.1.describe(),
+        sweep.axes.0.describe()
     )
 }
 
@@ -374,7 +379,7 @@ pub fn write_sweep(sweep: &Sweep, dir: &Path) -> Result<Vec<PathBuf>> {
 /// A one-line summary for the terminal: variants, front size, skipped, and the front's extremes.
 pub fn sweep_summary(sweep: &Sweep) -> String {
     let front = sweep.front();
-    let (x, y) = sweep.axes;
+    let (x, y) = (sweep.axes.0.metric, sweep.axes.1.metric);
     let ends = match (front.first(), front.last()) {
         (Some(lo), Some(hi)) => format!(
             "; front from {} {} / {} {} to {} {} / {} {}",
