@@ -8,7 +8,7 @@ use super::table::markdown_table;
 use crate::cost::{Convention, Profile};
 use crate::error::{write_atomic, Error, Result};
 use crate::graph::compile;
-use crate::explore::{Goal, Grid, Metric, Objective, Sweep};
+use crate::explore::{Goal, Grid, Metric, Objective, Sweep, SweepRow};
 use crate::report::explore::{pareto_figure, pareto_title};
 use crate::spec::{embedded_specs, load_embedded, parse_resolution, Spec, SpecTemplate};
 use std::path::{Path, PathBuf};
@@ -21,10 +21,13 @@ const SWEEP: [usize; 7] = [256, 384, 512, 768, 1024, 1536, 2048];
 
 /// The worked design-space sweep around TopFormer-B: transformer depth × heads × injection/head width at 512².
 const DESIGN_SPACE_GRIDS: [&str; 3] = [
-    "semantics_extractor.depth=2,3,4,5,6",
-    "semantics_extractor.num_heads=4,6,8,10",
-    "injection.channels+head.channels=128,160,192,224,256",
+    "semantics_extractor.depth=2,4,6",
+    "semantics_extractor.num_heads=4,8",
+    "injection.channels+head.channels=128,192,256",
 ];
+
+/// TopFormer-B's own values of [`DESIGN_SPACE_GRIDS`], in grid order.
+const BASE_VALUES: [i64; 3] = [4, 8, 256];
 
 /// File name of the design-space figure.
 const DESIGN_SPACE_FIGURE: &str = "design-space-base.svg";
@@ -51,14 +54,13 @@ fn design_space_section(sweep: &Sweep) -> String {
     let grids: Vec<String> = DESIGN_SPACE_GRIDS.iter().map(|g| format!("--grid {g}")).collect();
     let mut md = format!(
         "\n## Design space around TopFormer-B\n\n\
-         `toparch sweep --variant base --res 512 {} --x-goal max` profiles all {} variants in well under a \
-         second. Without accuracy, the useful front of two costs is the most parameters (capacity) for the FLOPs: \
+         `toparch sweep --variant base --res 512 {} --x-goal max` profiles these {} variants. Without accuracy, the useful front of two costs is the most parameters (capacity) for the FLOPs: \
          a variant off the front buys its FLOPs less capacity than one on it.\n\n![Design space around \
          TopFormer-B]({DESIGN_SPACE_FIGURE})\n\n",
         grids.join(" "),
         sweep.rows.len()
     );
-    md.push_str(DESIGN_SPACE_TEXT);
+    md.push_str(&design_space_findings(sweep));
     md.push_str("\n\nThe front, by FLOPs:\n\n");
     let mut front = Rows {
         header: sweep.grids.iter().map(|g| format!("`{}`", g.label)).chain(["params".into(), "FLOPs (paper)".into()]).collect(),
@@ -74,8 +76,56 @@ fn design_space_section(sweep: &Sweep) -> String {
     md
 }
 
-/// What the design-space figure shows (checked against the sweep by the tests).
-const DESIGN_SPACE_TEXT: &str = "TODO";
+/// What the sweep shows, in figures taken from it: where TopFormer-B sits against the front, and which knob the
+/// front spends FLOPs on.
+fn design_space_findings(sweep: &Sweep) -> String {
+    let values = |row: &SweepRow| -> Vec<i64> { row.set.iter().filter_map(|(_, v)| v.as_integer()).collect() };
+    let Some(base) = sweep.rows.iter().find(|r| values(r) == BASE_VALUES) else {
+        return String::new();
+    };
+    let front = sweep.front();
+    let widths = sweep.grids[2].values.iter().filter_map(toml::Value::as_integer);
+    let Some(narrowest_width) = widths.min() else {
+        return String::new();
+    };
+    let narrowest = front.iter().filter(|r| values(r)[2] == narrowest_width).count();
+    let mut text = format!(
+        "TopFormer-B itself (depth {}, {} heads, {} channels: {} params, {} FLOPs) is {} the front. ",
+        BASE_VALUES[0],
+        BASE_VALUES[1],
+        BASE_VALUES[2],
+        si(base.params),
+        si(base.cost.paper),
+        if base.pareto { "on" } else { "off" }
+    );
+    if let Some(better) = front.iter().filter(|r| r.cost.paper <= base.cost.paper).max_by_key(|r| r.params) {
+        if !base.pareto {
+            let v = values(better);
+            text.push_str(&format!(
+                "For no more FLOPs, depth {}, {} heads and {} channels reach {} params ({} FLOPs, {} params). ",
+                v[0],
+                v[1],
+                v[2],
+                si(better.params),
+                si(better.cost.paper),
+                percent_change(better.params, base.params),
+            ));
+        }
+    }
+    text.push_str(&format!(
+        "{narrowest} of the {} front points keep the narrowest injection and head ({narrowest_width} channels): those \
+         convolutions run at 1/8 to 1/32 of the input side, so their width costs FLOPs at every pixel, while the \
+         transformer works on 1/64-side tokens, where a block costs many parameters but few FLOPs. Parameters are \
+         not accuracy (the paper chose its widths by mIoU), but the figure shows where a FLOP buys the most capacity.",
+        front.len()
+    ));
+    text
+}
+
+/// `+12.5 %`: the change from `base` to `value`.
+fn percent_change(value: u64, base: u64) -> String {
+    format!("{:+.1} %", 100.0 * (value as f64 - base as f64) / base as f64)
+}
 
 /// One generated file.
 pub struct ReportFile {
