@@ -211,7 +211,10 @@ pub fn line_svg(
 pub const MAX_VARIANT_DOTS: usize = 5000;
 
 /// Radius of a sweep variant's dot, in pixels.
-const DOT_RADIUS: i32 = 2;
+const DOT_RADIUS: i32 = 3;
+
+/// Colour of a sweep variant's dot: quieter than any series, darker than the grid.
+const DOT_GREY: RGBColor = RGBColor(180, 180, 180);
 
 /// A design-space sweep: every variant a small grey dot (at most [`MAX_VARIANT_DOTS`]), the Pareto front's
 /// points joined in order and each labelled, then labelled reference points (e.g. published networks) in series
@@ -235,7 +238,7 @@ pub fn pareto_svg(
     let x = Axis::numeric(title, x_label, &xs, Scale::Linear, TickSource::Nice)?;
     let y = Axis::numeric(title, y_label, &ys, Scale::Linear, TickSource::Nice)?;
 
-    let dot = Marker { shape: Shape::Circle, color: GRID_BOLD, hollow: false };
+    let dot = Marker { shape: Shape::Circle, color: DOT_GREY, hollow: false };
     let dots_text = match stride {
         1 => format!("variants ({})", variants.len()),
         k => format!("variants (every {k}th of {})", variants.len()),
