@@ -1,6 +1,6 @@
 //! Terminal tables (prettytable) and markdown tables from the same rows.
 
-use super::rows::{breakdown, conventions_line, memory_line, published, Depth, Rows};
+use super::rows::{breakdown, conventions_line, latency_line, memory_line, published, Depth, Rows};
 use crate::cost::{Convention, Profile};
 use prettytable::{format, Cell, Row, Table};
 
@@ -86,5 +86,12 @@ pub fn render_profile(profile: &Profile, convention: Convention, depth: Depth, s
     }
     out.push_str(&memory_line(profile));
     out.push('\n');
+    if let Some(line) = latency_line(profile) {
+        if style == Style::Markdown {
+            out.push('\n');
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
     out
 }
