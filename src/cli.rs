@@ -1,18 +1,23 @@
 //! The `toparch` command line.
 
 use crate::budget;
-use crate::cost::{Convention, Profile};
-use crate::error::{Error, Result};
+use crate::cost::bench::{bench, BenchOptions};
+use crate::cost::calibrate::{calibrate, CALIBRATION_CASES, MAX_SPREAD, RUNS_PER_CASE};
+use crate::cost::latency::embedded_devices;
+use crate::cost::{Convention, Device, Profile};
+use crate::error::{write_atomic, Error, Result};
 use crate::exec::image_io::{palette, write_class_map_png};
 use crate::exec::weights::{read_tensors, write_safetensors};
 use crate::exec::{argmax_resized, read_input, Executor, NodeParams};
 use crate::graph::Graph;
 use crate::explore::{Diff, Goal, Grid, Metric, Objective, Sweep};
+use crate::report::bench::BenchReport;
 use crate::report::document::write_report;
 use crate::report::explore::{
     diff_json, render_diff, sweep_csv, sweep_json, sweep_markdown, sweep_summary, write_sweep, DiffSide,
 };
 use crate::report::json::profile_json;
+use crate::report::mobile::derive_snapdragon865;
 use crate::report::table::{render_profile, Style};
 use crate::report::timing::render_timing;
 use crate::report::Depth;
@@ -50,6 +55,67 @@ enum Command {
     Check(CheckArgs),
     /// Write the markdown report and its SVG figures.
     Report(ReportArgs),
+    /// Measure the executor's latency and memory: cold run, warm distribution, per stage.
+    Bench(BenchArgs),
+    /// Time the executor's kernel families on this machine and write a device profile for `--device`.
+    Calibrate(CalibrateArgs),
+    /// List the embedded device profiles.
+    Devices,
+    /// Derive the snapdragon865 profile from a local one-thread profile and the published TopFormer latencies.
+    DeriveDevice(DeriveDeviceArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    #[command(flatten)]
+    spec: SpecArgs,
+    /// Checkpoint (.safetensors or .pth); without it, seeded random weights (timing does not depend on them).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Images per run; the executor runs them one after another.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Worker threads (default: the device profile's, else all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Warm runs measured.
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+    /// Warm runs discarded first.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// A device profile (embedded name or file): predictions beside the measurements.
+    #[arg(long)]
+    device: Option<String>,
+    /// Output format.
+    #[arg(long, short = 'f', value_enum, default_value = "table")]
+    format: CheckFormat,
+}
+
+#[derive(Args, Debug)]
+struct CalibrateArgs {
+    /// Worker threads to calibrate for.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// The device profile to write.
+    #[arg(long, default_value = "device.toml")]
+    out: PathBuf,
+    /// The profile's name.
+    #[arg(long, default_value = "local")]
+    name: String,
+    /// Refuse when a network's median run is more than this many times its fastest (a busy machine).
+    #[arg(long, default_value_t = MAX_SPREAD)]
+    max_spread: f64,
+}
+
+#[derive(Args, Debug)]
+struct DeriveDeviceArgs {
+    /// A one-thread profile written by `toparch calibrate --threads 1`.
+    #[arg(long)]
+    from: String,
+    /// The profile to write.
+    #[arg(long, default_value = "specs/devices/snapdragon865.toml")]
+    out: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -155,11 +221,16 @@ impl SpecArgs {
         self.res.as_deref().map(parse_resolution).transpose()
     }
 
-    /// Loads the spec and compiles it at [`input_size`](SpecArgs::input_size).
+    /// Loads the spec and compiles it at `--res`, else the spec's first published resolution, else 512².
     pub fn compile(&self) -> Result<(LoadedSpec, Graph)> {
+        self.compile_batch(1)
+    }
+
+    /// Like [`SpecArgs::compile`], for a batch of `batch` images.
+    pub fn compile_batch(&self, batch: usize) -> Result<(LoadedSpec, Graph)> {
         let loaded = self.load()?;
         let (h, w) = input_size(self.res.as_deref(), &loaded)?;
-        let graph = loaded.compile(h, w)?;
+        let graph = loaded.compile_batch(batch, h, w)?;
         Ok((loaded, graph))
     }
 }
@@ -408,6 +479,20 @@ struct ProfileArgs {
     /// Output format.
     #[arg(long, short = 'f', value_enum, default_value = "table")]
     format: Format,
+    /// Images per batch: counts and bytes for the whole batch (params unchanged).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// A device profile (embedded name, see `toparch devices`, or file): predicted latency per row.
+    #[arg(long)]
+    device: Option<String>,
+}
+
+/// `--batch` checked: a batch holds at least one image.
+fn positive_batch(batch: usize) -> Result<usize> {
+    if batch == 0 {
+        return Err(Error::input("--batch must be at least 1"));
+    }
+    Ok(batch)
 }
 
 fn list() -> String {
@@ -422,13 +507,108 @@ fn list() -> String {
 }
 
 fn profile(args: &ProfileArgs) -> Result<String> {
-    let (loaded, graph) = args.spec.compile()?;
-    let profile = Profile::new(&graph, &loaded.spec)?;
+    let (loaded, graph) = args.spec.compile_batch(positive_batch(args.batch)?)?;
+    let mut profile = Profile::new(&graph, &loaded.spec)?;
+    if let Some(device) = &args.device {
+        profile.predict(&graph, &Device::load(device)?);
+    }
     Ok(match args.format {
         Format::Table => render_profile(&profile, args.convention, args.depth, Style::Terminal),
         Format::Markdown => render_profile(&profile, args.convention, args.depth, Style::Markdown),
         Format::Json => profile_json(&profile, args.convention, args.depth),
     })
+}
+
+/// A progress bar on stderr, drawn only when stderr is a terminal.
+fn progress_bar(len: usize, message: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len as u64);
+    let style = indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_message(message.to_string());
+    bar
+}
+
+fn bench_command(args: &BenchArgs) -> Result<String> {
+    let batch = positive_batch(args.batch)?;
+    if args.runs == 0 {
+        return Err(Error::input("--runs must be at least 1"));
+    }
+    let device = args.device.as_deref().map(Device::load).transpose()?;
+    let threads = match (args.threads, &device) {
+        (Some(0), _) => return Err(Error::input("--threads must be positive")),
+        (Some(t), Some(d)) if t != d.threads => return Err(Error::input(format!(
+            "--threads {t}: device profile '{}' was calibrated for {} thread(s); calibrate for {t} or drop --threads",
+            d.name, d.threads
+        ))),
+        (Some(t), _) => t,
+        (None, Some(d)) => d.threads,
+        (None, None) => std::thread::available_parallelism().map_or(1, usize::from),
+    };
+    let (loaded, graph) = args.spec.compile()?;
+    let params = match &args.weights {
+        Some(path) => NodeParams::from_tensors(&graph, read_tensors(path)?, &path.display().to_string())?,
+        None => NodeParams::random(&graph, 0),
+    };
+    let mut profile = Profile::new(&graph, &loaded.spec)?;
+    if let Some(device) = &device {
+        profile.predict(&graph, device);
+    }
+    let options = BenchOptions { batch, threads, runs: args.runs, warmup: args.warmup };
+    let bar = progress_bar(1 + args.warmup + args.runs, "bench");
+    let result = bench(&graph, params, options, &|| bar.inc(1))?;
+    bar.finish_and_clear();
+    let report = BenchReport { profile: &profile, batch, threads, result: &result };
+    Ok(match args.format {
+        CheckFormat::Table => report.table(),
+        CheckFormat::Json => report.json(),
+    })
+}
+
+fn calibrate_command(args: &CalibrateArgs) -> Result<String> {
+    if args.threads == 0 {
+        return Err(Error::input("--threads must be positive"));
+    }
+    let bar = progress_bar(CALIBRATION_CASES.len() * RUNS_PER_CASE, "calibrate");
+    let started = std::time::Instant::now();
+    if !(args.max_spread >= 1.0) {
+        return Err(Error::input("--max-spread must be at least 1"));
+    }
+    let calibration = calibrate(&args.name, args.threads, args.max_spread, &|| bar.inc(1));
+    bar.finish_and_clear();
+    let calibration = calibration?;
+    write_atomic(&args.out, calibration.device.to_toml().as_bytes())?;
+    let mut out = format!(
+        "calibrated '{}' on {} ({}), {} thread(s), in {:.1} s → {}\n",
+        calibration.device.name,
+        calibration.device.cpu,
+        calibration.device.isa,
+        args.threads,
+        started.elapsed().as_secs_f64(),
+        args.out.display()
+    );
+    for (spec, h, w, fastest, spread) in &calibration.cases {
+        out.push_str(&format!("  {spec} at {h}x{w}: fastest run {fastest:.2} ms, median/fastest {spread:.3}\n"));
+    }
+    Ok(out)
+}
+
+fn devices() -> String {
+    embedded_devices()
+        .iter()
+        .map(|(name, _)| match Device::load(name) {
+            Ok(d) => format!("{name:<16} {} thread(s), {} ({}), {}\n", d.threads, d.cpu, d.isa, d.date),
+            Err(e) => format!("{name:<16} (invalid: {e})\n"),
+        })
+        .collect()
+}
+
+fn derive_device_command(args: &DeriveDeviceArgs) -> Result<String> {
+    let local = Device::load(&args.from)?;
+    let derived = derive_snapdragon865(&local)?;
+    write_atomic(&args.out, derived.to_toml().as_bytes())?;
+    Ok(format!("wrote {} ({})\n", args.out.display(), derived.source))
 }
 
 fn run(cli: Cli) -> Result<Outcome> {
@@ -440,6 +620,10 @@ fn run(cli: Cli) -> Result<Outcome> {
         Command::Diff(args) => diff(&args).map(Outcome::from),
         Command::Sweep(args) => sweep(&args).map(Outcome::from),
         Command::Check(args) => check(&args),
+        Command::Bench(args) => bench_command(&args).map(Outcome::from),
+        Command::Calibrate(args) => calibrate_command(&args).map(Outcome::from),
+        Command::Devices => Ok(devices().into()),
+        Command::DeriveDevice(args) => derive_device_command(&args).map(Outcome::from),
         Command::Report(args) => {
             let written = write_report(&args.out)?;
             Ok(written.iter().map(|p| format!("wrote {}\n", p.display())).collect::<String>().into())

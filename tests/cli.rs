@@ -242,3 +242,43 @@ fn bad_flags_exit_2_with_one_message() {
     assert!(stderr(&toparch(&["profile", "-v", "huge"])).contains("unknown variant 'huge'"));
     assert!(stderr(&toparch(&["profile", "-v", "tiny", "--res", "12x"])).contains("invalid resolution '12x'"));
 }
+
+#[test]
+fn profile_reports_memory_in_every_format_and_for_a_batch() {
+    let json_of = |args: &[&str]| -> serde_json::Value {
+        let out = toparch(args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let one = json_of(&["profile", "-v", "tiny", "-r", "512", "-f", "json", "-d", "layer"]);
+    let memory = &one["memory"];
+    assert_eq!(
+        memory["params_bytes"],
+        serde_json::json!({"f32": 4 * 1_389_654, "f16": 2 * 1_389_654, "int8": 1_389_654})
+    );
+    let layers = one["layers"].as_array().unwrap();
+    let summed: u64 = layers.iter().map(|l| l["activation_bytes"].as_u64().unwrap()).sum();
+    assert_eq!(memory["activation_bytes"].as_u64(), Some(summed));
+    for key in ["buffers_bytes", "peak_activation_bytes", "arena_bytes"] {
+        assert!(memory[key].as_u64().is_some_and(|v| v > 0), "{key}");
+    }
+    assert_eq!(memory["peak_at"], "decode_head.resize_to_input");
+    assert!(one["stages"][0]["activation_bytes"].as_u64().is_some() && one["blocks"][0]["activation_bytes"].is_u64());
+    assert!(one.get("batch").is_none(), "batch 1 keeps the documented shape");
+    let four = json_of(&["profile", "-v", "tiny", "-r", "512", "-f", "json", "--batch", "4"]);
+    assert_eq!(four["batch"], 4);
+    assert_eq!(four["params"], one["params"]);
+    assert_eq!(four["flops"].as_u64(), one["flops"].as_u64().map(|f| 4 * f));
+    let peak = |j: &serde_json::Value| j["memory"]["peak_activation_bytes"].as_u64().unwrap();
+    assert_eq!(peak(&four), 4 * peak(&one));
+    for format in ["table", "markdown"] {
+        let text = stdout(&toparch(&["profile", "-v", "tiny", "-f", format, "--batch", "2"]));
+        assert!(
+            text.contains("(batch 2)") && text.contains("activations (f32)") && text.contains("peak live"),
+            "{text}"
+        );
+    }
+    let out = toparch(&["profile", "-v", "tiny", "--batch", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--batch"), "{}", stderr(&out));
+}

@@ -1,6 +1,8 @@
 //! Aggregating a graph's per-node costs into totals, stages, blocks and layers, and checking them
 //! against published figures.
 
+use super::latency::{Device, Prediction};
+use super::memory::Memory;
 use super::{Convention, Cost};
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Stage};
@@ -19,6 +21,10 @@ pub struct Group {
     pub params: u64,
     /// Cost under every convention.
     pub cost: Cost,
+    /// f32 output bytes of its layers, summed.
+    pub activation_bytes: u64,
+    /// Predicted milliseconds on the profile's device, when one was given.
+    pub latency_ms: Option<f64>,
     /// Output shape of the group's last node, batch dropped.
     pub output_shape: Vec<usize>,
 }
@@ -38,6 +44,10 @@ pub struct Layer {
     pub params: u64,
     /// Cost under every convention.
     pub cost: Cost,
+    /// f32 output bytes.
+    pub activation_bytes: u64,
+    /// Predicted milliseconds on the profile's device (0 for a layer fused into the one before it).
+    pub latency_ms: Option<f64>,
     /// Output shape, batch dropped.
     pub output_shape: Vec<usize>,
 }
@@ -66,6 +76,8 @@ pub struct Profile {
     pub spec: String,
     /// Input [C, H, W].
     pub input: Vec<usize>,
+    /// Images per batch: every count and byte figure is for the whole batch.
+    pub batch: usize,
     /// Learnable parameters.
     pub params: u64,
     /// Float buffer elements (BatchNorm running statistics).
@@ -80,6 +92,21 @@ pub struct Profile {
     pub layers: Vec<Layer>,
     /// Published figures for this spec at this resolution (`paper` convention for FLOPs).
     pub published: Vec<Comparison>,
+    /// Parameter, buffer and activation memory.
+    pub memory: Memory,
+    /// Predicted latency, when a device was given.
+    pub latency: Option<Latency>,
+}
+
+/// A profile's predicted latency on a device.
+#[derive(Clone, Debug)]
+pub struct Latency {
+    /// The device profile's name.
+    pub device: String,
+    /// The threads it was calibrated for.
+    pub threads: usize,
+    /// The prediction.
+    pub prediction: Prediction,
 }
 
 fn grouped(layers: &[Layer], key: impl Fn(&Layer) -> &str) -> Vec<Group> {
@@ -90,6 +117,8 @@ fn grouped(layers: &[Layer], key: impl Fn(&Layer) -> &str) -> Vec<Group> {
             Some(g) => {
                 g.params += layer.params;
                 g.cost += layer.cost;
+                g.activation_bytes += layer.activation_bytes;
+                g.latency_ms = g.latency_ms.zip(layer.latency_ms).map(|(a, b)| a + b);
                 g.output_shape = layer.output_shape.clone();
             }
             None => groups.push(Group {
@@ -97,6 +126,8 @@ fn grouped(layers: &[Layer], key: impl Fn(&Layer) -> &str) -> Vec<Group> {
                 stage: layer.stage,
                 params: layer.params,
                 cost: layer.cost,
+                activation_bytes: layer.activation_bytes,
+                latency_ms: layer.latency_ms,
                 output_shape: layer.output_shape.clone(),
             }),
         }
@@ -105,7 +136,7 @@ fn grouped(layers: &[Layer], key: impl Fn(&Layer) -> &str) -> Vec<Group> {
 }
 
 impl Profile {
-    /// Profiles `graph`, comparing with `spec`'s published figures at the graph's resolution.
+    /// Profiles `graph` (for the batch its input shape carries), comparing with `spec`'s published figures at the graph's resolution.
     pub fn new(graph: &Graph, spec: &Spec) -> Result<Self> {
         let layers: Vec<Layer> = graph
             .nodes()
@@ -117,6 +148,8 @@ impl Profile {
                 stage: n.stage,
                 params: n.learnable_params(),
                 cost: n.cost,
+                activation_bytes: 4 * numel(&n.shape),
+                latency_ms: None,
                 output_shape: n.shape[1..].to_vec(),
             })
             .collect();
@@ -125,16 +158,45 @@ impl Profile {
         let params = graph.learnable_params();
         let cost = graph.total_cost();
         let input = graph.input_shape()[1..].to_vec();
+        let batch = graph.input_shape()[0];
         let mut published = Vec::new();
         for figure in &spec.published {
             let (h, w) = parse_resolution(&figure.res)
                 .map_err(|e| Error::input(format!("spec {}: published res: {e}", spec.name)))?;
-            if (h, w) == (input[1], input[2]) {
+            // Published figures are per image.
+            if (h, w) == (input[1], input[2]) && batch == 1 {
                 published.extend(compare_figure(figure, params, cost.paper)?);
             }
         }
         let buffers = graph.params().filter(|p| p.kind == ParamKind::Buffer).map(|p| numel(&p.shape)).sum::<u64>();
-        Ok(Profile { spec: graph.spec_name.clone(), input, params, buffers, cost, stages, blocks, layers, published })
+        let memory = Memory::new(graph);
+        Ok(Profile {
+            spec: graph.spec_name.clone(),
+            input,
+            batch,
+            params,
+            buffers,
+            cost,
+            stages,
+            blocks,
+            layers,
+            published,
+            memory,
+            latency: None,
+        })
+    }
+
+    /// Adds the latency `device` predicts for `graph` (the graph this profile was made from) to every layer,
+    /// block, stage and the total.
+    pub fn predict(&mut self, graph: &Graph, device: &Device) {
+        let prediction = Prediction::new(graph, device);
+        let node_ms = graph.nodes().filter(|(_, n)| n.op != Op::Input).map(|(i, _)| prediction.node_ms[i.index()]);
+        for (layer, ms) in self.layers.iter_mut().zip(node_ms) {
+            layer.latency_ms = Some(ms);
+        }
+        self.stages = grouped(&self.layers, |l| l.stage.name());
+        self.blocks = grouped(&self.layers, |l| &l.block);
+        self.latency = Some(Latency { device: device.name.clone(), threads: device.threads, prediction });
     }
 
     /// Total count under `convention`.

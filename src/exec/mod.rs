@@ -3,11 +3,13 @@
 mod engine;
 pub mod image_io;
 mod params;
+pub mod plan;
 pub mod pth;
 pub mod weights;
 
 pub use engine::{Executor, RunOutput, StepStat};
 pub use params::NodeParams;
+pub use plan::{BufferLife, Plan, PlanStep, Schedule, ScheduledStep, StepKind};
 
 use crate::error::{Error, Result};
 use crate::kernels;

@@ -13,13 +13,24 @@ use petgraph::graph::NodeIndex;
 impl LoadedSpec {
     /// Compiles the spec for an `height`×`width` input; an error names the spec's file.
     pub fn compile(&self, height: usize, width: usize) -> Result<Graph> {
-        compile(&self.spec, height, width).map_err(|e| Error::input(format!("{}: {e}", self.origin)))
+        self.compile_batch(1, height, width)
+    }
+
+    /// Compiles the spec for a batch of `batch` `height`×`width` inputs; an error names the spec's file.
+    pub fn compile_batch(&self, batch: usize, height: usize, width: usize) -> Result<Graph> {
+        compile_batch(&self.spec, batch, height, width).map_err(|e| Error::input(format!("{}: {e}", self.origin)))
     }
 }
 
 /// Compiles `spec` for a batch-1 RGB input of `height`×`width`.
 pub fn compile(spec: &Spec, height: usize, width: usize) -> Result<Graph> {
-    let mut b = Builder { g: Graph::new(&spec.name, vec![1, 3, height, width]) };
+    compile_batch(spec, 1, height, width)
+}
+
+/// Compiles `spec` for a batch of `batch` RGB inputs of `height`×`width`: every shape carries the batch, so
+/// counts and activation sizes follow PyTorch's arithmetic for it.
+pub fn compile_batch(spec: &Spec, batch: usize, height: usize, width: usize) -> Result<Graph> {
+    let mut b = Builder { g: Graph::new(&spec.name, vec![batch, 3, height, width]) };
     // Segmentors wrap the backbone (`backbone.`); the classification checkpoints name it at the root.
     let (backbone, head) = match spec.task() {
         Task::Segmentation => ("backbone.", "decode_head"),
@@ -200,7 +211,8 @@ impl Builder {
         let q = self.conv_bn(&format!("{path}.to_q"), x, heads * key_dim, 1, 1, 1)?;
         let k = self.conv_bn(&format!("{path}.to_k"), x, heads * key_dim, 1, 1, 1)?;
         let v = self.conv_bn(&format!("{path}.to_v"), x, heads * value_dim, 1, 1, 1)?;
-        let split = |width| Op::Reshape(Reshape { shape: vec![1, heads, width, h * w] });
+        let batch = self.g.input_shape()[0];
+        let split = |width| Op::Reshape(Reshape { shape: vec![batch, heads, width, h * w] });
         let q = self.g.add(format!("{path}.q_heads"), split(key_dim), &[q])?;
         let k = self.g.add(format!("{path}.k_heads"), split(key_dim), &[k])?;
         let v = self.g.add(format!("{path}.v_heads"), split(value_dim), &[v])?;
@@ -209,7 +221,7 @@ impl Builder {
         let attn = self.g.add(format!("{path}.softmax"), Op::Softmax(Softmax), &[scores])?;
         let out =
             self.g.add(format!("{path}.attn_v"), Op::MatMul(MatMul { trans_a: false, trans_b: true }), &[v, attn])?;
-        let merged = Op::Reshape(Reshape { shape: vec![1, heads * value_dim, h, w] });
+        let merged = Op::Reshape(Reshape { shape: vec![batch, heads * value_dim, h, w] });
         let out = self.g.add(format!("{path}.merge_heads"), merged, &[out])?;
         let out = self.act(&format!("{path}.proj.0"), se.activation, out)?;
         self.conv_bn(&format!("{path}.proj.1"), out, dim, 1, 1, 1)

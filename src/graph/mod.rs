@@ -5,7 +5,7 @@
 
 mod compile;
 
-pub use compile::compile;
+pub use compile::{compile, compile_batch};
 
 use crate::error::{Error, Result};
 use crate::ops::{numel, Cost, Op, ParamDecl, ParamKind, Shape};

@@ -22,6 +22,22 @@ pub fn si(value: u64) -> String {
         1_000_000..=999_999_999 => (v / 1e6, "M"),
         _ => (v / 1e9, "G"),
     };
+    three_significant(scaled, unit)
+}
+
+/// A byte count in binary units with three significant digits: `1.50 MiB`, `96.0 KiB`, `512 B`.
+pub fn bytes(value: u64) -> String {
+    let (scaled, unit) = match value {
+        0..=1023 => return format!("{value} B"),
+        1024..=1_048_575 => (value as f64 / 1024.0, "KiB"),
+        1_048_576..=1_073_741_823 => (value as f64 / 1_048_576.0, "MiB"),
+        _ => (value as f64 / 1_073_741_824.0, "GiB"),
+    };
+    three_significant(scaled, unit)
+}
+
+/// A scaled value (1 to 1000) with three significant digits and its unit.
+fn three_significant(scaled: f64, unit: &str) -> String {
     let decimals = if scaled >= 100.0 {
         0
     } else if scaled >= 10.0 {
@@ -58,6 +74,10 @@ mod tests {
         assert_eq!(si(3_034_662), "3.03 M");
         assert_eq!(si(42), "42");
         assert_eq!(percent(1, 3), "33.3 %");
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(98_304), "96.0 KiB");
+        assert_eq!(bytes(1_572_864), "1.50 MiB");
+        assert_eq!(bytes(157_286_400), "150 MiB");
         assert_eq!(shape(&[3, 512, 1024]), "3×512×1024");
     }
 }

@@ -1,6 +1,6 @@
 //! Terminal tables (prettytable) and markdown tables from the same rows.
 
-use super::rows::{breakdown, conventions_line, published, Depth, Rows};
+use super::rows::{breakdown, conventions_line, latency_line, memory_line, published, Depth, Rows};
 use crate::cost::{Convention, Profile};
 use prettytable::{format, Cell, Row, Table};
 
@@ -23,9 +23,10 @@ pub(crate) fn terminal_table(rows: &Rows) -> String {
 
 fn title(profile: &Profile, convention: Convention) -> String {
     format!(
-        "{} at {} (batch 1), convention '{}': {} params, {} FLOPs (MACs)",
+        "{} at {} (batch {}), convention '{}': {} params, {} FLOPs (MACs)",
         profile.spec,
         super::format::shape(&profile.input),
+        profile.batch,
         convention.name(),
         super::format::si(profile.params),
         super::format::si(profile.flops(convention))
@@ -84,5 +85,17 @@ pub fn render_profile(profile: &Profile, convention: Convention, depth: Depth, s
     out.push('\n');
     out.push_str(&conventions_line(profile));
     out.push('\n');
+    if style == Style::Markdown {
+        out.push('\n');
+    }
+    out.push_str(&memory_line(profile));
+    out.push('\n');
+    if let Some(line) = latency_line(profile) {
+        if style == Style::Markdown {
+            out.push('\n');
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
     out
 }

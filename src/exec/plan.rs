@@ -1,0 +1,258 @@
+//! The executor's plan: which nodes run together as one step, in which order, and which buffers each step
+//! reads, reuses in place and frees. A pure function of the graph (and, for a run, of where it stops and
+//! what it keeps), read both by the executor and by the memory and latency models, so fusion and lifetime
+//! rules live in one place.
+
+use crate::graph::Graph;
+use crate::kernels;
+use crate::ops::{numel, Conv2d, Elementwise, Op};
+use petgraph::graph::NodeIndex;
+
+/// What a step does; the memory and latency models key their rules by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepKind {
+    /// A conv with the BatchNorm that alone reads it folded in and the activation that alone reads that fused.
+    Conv,
+    /// A pointwise expand chain and the depthwise chain that alone reads it, fused so the expanded map stays
+    /// in cache; the depthwise chain starts at `nodes[depthwise_at]`.
+    ExpandDepthwise {
+        /// Index in the step's nodes where the depthwise chain starts.
+        depthwise_at: usize,
+    },
+    /// One node's op.
+    Op,
+    /// `other + resize(x)`: a bilinear resize whose only reader is an add, run at the add's place and
+    /// accumulated straight into the add's other operand (`reads[1]`).
+    ResizeAdd,
+}
+
+/// One unit of execution: a node, or a few nodes fused.
+#[derive(Clone, Debug)]
+pub struct PlanStep {
+    /// What it does.
+    pub kind: StepKind,
+    /// The nodes it covers; the last one's output is produced.
+    pub nodes: Vec<NodeIndex>,
+    /// The nodes whose outputs it reads.
+    pub reads: Vec<NodeIndex>,
+}
+
+impl PlanStep {
+    /// The node whose output the step produces.
+    pub fn output(&self) -> NodeIndex {
+        *self.nodes.last().expect("a step covers at least one node")
+    }
+
+    /// The input whose buffer the step may take over as its output when nothing reads it later: the add's
+    /// other operand of a resize+add, the first input of an op that works in place.
+    fn reusable_input(&self, graph: &Graph) -> Option<NodeIndex> {
+        match self.kind {
+            StepKind::ResizeAdd => Some(self.reads[1]),
+            StepKind::Op if graph.node(self.nodes[0]).op.works_in_place() => Some(self.reads[0]),
+            _ => None,
+        }
+    }
+}
+
+/// The steps of a graph in execution order.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Steps in execution order.
+    pub steps: Vec<PlanStep>,
+}
+
+impl Plan {
+    /// Groups nodes into steps: a conv absorbs the BatchNorm that alone reads it and then the activation that
+    /// alone reads that; a pointwise conv chain and the depthwise chain that alone reads it run as one fused
+    /// kernel; a resize whose only reader is an add runs inside that add. No named output is ever absorbed.
+    pub fn new(graph: &Graph) -> Self {
+        let mut planner = Planner::new(graph);
+        let mut steps = Vec::new();
+        // The resize each add will accumulate, when that resize is deferred to it.
+        let mut deferred_into: Vec<Option<NodeIndex>> = vec![None; graph.len()];
+        for (i, node) in graph.nodes() {
+            if planner.absorbed[i.index()] || node.op == Op::Input {
+                continue;
+            }
+            if let Op::Resize(_) = node.op {
+                let add = planner.sole_reader(i).filter(|&a| graph.node(a).op == Op::Elementwise(Elementwise::Add));
+                if let Some(add) = add.filter(|a| deferred_into[a.index()].is_none()) {
+                    if graph.node(add).inputs.iter().any(|&x| x != i) {
+                        deferred_into[add.index()] = Some(i);
+                        continue;
+                    }
+                }
+            }
+            let step = if let Some(resize) = deferred_into[i.index()] {
+                let other = node.inputs.iter().copied().find(|&x| x != resize).expect("checked when deferred");
+                let source = graph.node(resize).inputs[0];
+                PlanStep { kind: StepKind::ResizeAdd, nodes: vec![resize, i], reads: vec![source, other] }
+            } else if let Op::Conv2d(conv) = &node.op {
+                let mut nodes = planner.conv_chain(i);
+                let reads = node.inputs.clone();
+                match planner.fusable_depthwise(&nodes, conv) {
+                    Some(dw) => {
+                        let depthwise_at = nodes.len();
+                        nodes.extend(planner.conv_chain(dw));
+                        PlanStep { kind: StepKind::ExpandDepthwise { depthwise_at }, nodes, reads }
+                    }
+                    None => PlanStep { kind: StepKind::Conv, nodes, reads },
+                }
+            } else {
+                PlanStep { kind: StepKind::Op, nodes: vec![i], reads: node.inputs.clone() }
+            };
+            steps.push(step);
+        }
+        Plan { steps }
+    }
+
+    /// The buffer lifetimes of a run up to and including node `until` that keeps the outputs of `keep`.
+    pub fn schedule(&self, graph: &Graph, until: NodeIndex, keep: &[NodeIndex]) -> Schedule {
+        let steps: Vec<usize> = (0..self.steps.len()).filter(|&s| self.steps[s].output() <= until).collect();
+        // The position after which each node's buffer is no longer read.
+        let mut last_read: Vec<Option<usize>> = vec![None; graph.len()];
+        for (position, &s) in steps.iter().enumerate() {
+            for &i in &self.steps[s].reads {
+                last_read[i.index()] = Some(position);
+            }
+        }
+        let scheduled = steps
+            .iter()
+            .enumerate()
+            .map(|(position, &s)| {
+                let step = &self.steps[s];
+                let dies_here = |i: NodeIndex| last_read[i.index()] == Some(position) && !keep.contains(&i);
+                let reuses = step
+                    .reusable_input(graph)
+                    .filter(|&i| dies_here(i) && step.reads.iter().filter(|&&r| r == i).count() == 1);
+                let mut frees: Vec<NodeIndex> = Vec::new();
+                for &i in &step.reads {
+                    if dies_here(i) && Some(i) != reuses && !frees.contains(&i) {
+                        frees.push(i);
+                    }
+                }
+                ScheduledStep { step: s, reuses, frees }
+            })
+            .collect();
+        Schedule { input: graph.input(), steps: scheduled }
+    }
+}
+
+/// One step of a run with what happens to buffers around it.
+#[derive(Clone, Debug)]
+pub struct ScheduledStep {
+    /// Index of the step in [`Plan::steps`].
+    pub step: usize,
+    /// The input whose buffer becomes the step's output (in place), if any.
+    pub reuses: Option<NodeIndex>,
+    /// The buffers released after the step: inputs nothing reads later and that are not kept.
+    pub frees: Vec<NodeIndex>,
+}
+
+/// The buffer lifetimes of one run: steps in order; the input's buffer exists before the first. Outputs
+/// never freed (kept outputs, the last output, outputs nothing reads) live to the end of the run.
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    /// The graph's input node.
+    pub input: NodeIndex,
+    /// The steps of the run in order.
+    pub steps: Vec<ScheduledStep>,
+}
+
+/// A buffer of the run: created at one position, released after another, `bytes` of f32 all along.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BufferLife {
+    /// f32 bytes.
+    pub bytes: u64,
+    /// Position (index into [`Schedule::steps`]) of the step that creates it; the input's buffer is live from 0.
+    pub first: usize,
+    /// Position of the last step during which it exists.
+    pub last: usize,
+}
+
+impl Schedule {
+    /// Every buffer of the run with its lifetime. A buffer taken over in place continues as the taking step's
+    /// output, so it stays one buffer. Returns the buffers and, per scheduled step, the buffer holding its output.
+    pub fn buffers(&self, plan: &Plan, graph: &Graph) -> (Vec<BufferLife>, Vec<usize>) {
+        let end = self.steps.len().saturating_sub(1);
+        let bytes = |i: NodeIndex| 4 * numel(&graph.node(i).shape);
+        let mut holder: Vec<Option<usize>> = vec![None; graph.len()];
+        let mut lives = vec![BufferLife { bytes: bytes(self.input), first: 0, last: end }];
+        holder[self.input.index()] = Some(0);
+        let mut outputs = Vec::with_capacity(self.steps.len());
+        for (position, s) in self.steps.iter().enumerate() {
+            let out = plan.steps[s.step].output();
+            let buffer = match s.reuses.and_then(|i| holder[i.index()]) {
+                Some(b) => b,
+                None => {
+                    lives.push(BufferLife { bytes: bytes(out), first: position, last: end });
+                    lives.len() - 1
+                }
+            };
+            holder[out.index()] = Some(buffer);
+            outputs.push(buffer);
+            for freed in &s.frees {
+                if let Some(b) = holder[freed.index()] {
+                    lives[b].last = position;
+                }
+            }
+        }
+        (lives, outputs)
+    }
+}
+
+/// What planning needs to know of the graph.
+struct Planner<'g> {
+    graph: &'g Graph,
+    consumers: Vec<Vec<NodeIndex>>,
+    tapped: Vec<NodeIndex>,
+    absorbed: Vec<bool>,
+}
+
+impl<'g> Planner<'g> {
+    fn new(graph: &'g Graph) -> Self {
+        let mut consumers: Vec<Vec<NodeIndex>> = vec![Vec::new(); graph.len()];
+        for (i, node) in graph.nodes() {
+            for input in &node.inputs {
+                consumers[input.index()].push(i);
+            }
+        }
+        let tapped = graph.taps().iter().map(|&(_, i)| i).collect();
+        Planner { graph, consumers, tapped, absorbed: vec![false; graph.len()] }
+    }
+
+    /// The only node that reads `i`, unless `i` is a named output.
+    fn sole_reader(&self, i: NodeIndex) -> Option<NodeIndex> {
+        match self.consumers[i.index()].as_slice() {
+            [only] if !self.tapped.contains(&i) => Some(*only),
+            _ => None,
+        }
+    }
+
+    /// The depthwise conv that alone reads a pointwise chain's output, when the fused kernel supports the pair.
+    fn fusable_depthwise(&self, chain: &[NodeIndex], conv: &Conv2d) -> Option<NodeIndex> {
+        let reader = self.sole_reader(*chain.last()?)?;
+        let Op::Conv2d(dw) = &self.graph.node(reader).op else { return None };
+        let input = &self.graph.node(self.graph.node(chain[0]).inputs[0]).shape;
+        let hidden = &self.graph.node(chain[0]).shape;
+        let expand_dims = conv.dims(input, hidden);
+        let dw_dims = dw.dims(hidden, &self.graph.node(reader).shape);
+        kernels::supports_expand_depthwise(&expand_dims, &dw_dims).then_some(reader)
+    }
+
+    /// The conv at `i` with the BatchNorm and activation it absorbs, marked absorbed.
+    fn conv_chain(&mut self, i: NodeIndex) -> Vec<NodeIndex> {
+        let mut nodes = vec![i];
+        if let Some(bn) = self.sole_reader(i).filter(|&b| matches!(self.graph.node(b).op, Op::BatchNorm(_))) {
+            nodes.push(bn);
+        }
+        let tail = *nodes.last().expect("the chain holds its conv");
+        if let Some(act) = self.sole_reader(tail).filter(|&a| matches!(self.graph.node(a).op, Op::Activation(_))) {
+            nodes.push(act);
+        }
+        for n in &nodes {
+            self.absorbed[n.index()] = true;
+        }
+        nodes
+    }
+}
