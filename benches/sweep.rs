@@ -27,6 +27,7 @@ fn sweep(c: &mut Criterion) {
                 "topformer-base",
                 black_box(grids.clone()),
                 (512, 512),
+                None,
                 (Objective::min(Metric::Params), Objective::min(Metric::Paper)),
                 |o| template.check_schema(o),
                 |o| template.instantiate(o),

@@ -9,8 +9,8 @@ use crate::error::{write_atomic, Error, Result};
 use crate::exec::image_io::{palette, write_class_map_png};
 use crate::exec::weights::{read_tensors, write_safetensors};
 use crate::exec::{argmax_resized, read_input, Executor, NodeParams};
-use crate::graph::Graph;
 use crate::explore::{Diff, Goal, Grid, Metric, Objective, Sweep};
+use crate::graph::Graph;
 use crate::report::bench::BenchReport;
 use crate::report::document::write_report;
 use crate::report::explore::{
@@ -23,7 +23,6 @@ use crate::report::timing::render_timing;
 use crate::report::Depth;
 use crate::spec::{embedded_specs, load_embedded, parse_resolution, LoadedSpec, Override, SpecTemplate, Task};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -262,6 +261,9 @@ struct DiffArgs {
     /// Counting convention of the per-stage and per-block FLOPs (totals show every convention).
     #[arg(long, short = 'c', value_enum, default_value = "paper")]
     convention: Convention,
+    /// A device profile (embedded name, see `toparch devices`, or file): predicted latency of both.
+    #[arg(long)]
+    device: Option<String>,
     /// Output format.
     #[arg(long, short = 'f', value_enum, default_value = "table")]
     format: Format,
@@ -275,8 +277,16 @@ fn diff(args: &DiffArgs) -> Result<String> {
     let (a, set_a) = load(&args.a, &args.set_a)?;
     let (b, set_b) = load(&args.b, &args.set_b)?;
     let (h, w) = input_size(args.res.as_deref(), &a)?;
-    let profile_a = Profile::new(&a.compile(h, w)?, &a.spec)?;
-    let profile_b = Profile::new(&b.compile(h, w)?, &b.spec)?;
+    let device = args.device.as_deref().map(Device::load).transpose()?;
+    let profile = |loaded: &LoadedSpec| -> Result<Profile> {
+        let graph = loaded.compile(h, w)?;
+        let mut profile = Profile::new(&graph, &loaded.spec)?;
+        if let Some(device) = &device {
+            profile.predict(&graph, device);
+        }
+        Ok(profile)
+    };
+    let (profile_a, profile_b) = (profile(&a)?, profile(&b)?);
     let side = |profile, set: &[Override]| DiffSide { profile, set: set.iter().map(Override::describe).collect() };
     let (side_a, side_b) = (side(&profile_a, &set_a), side(&profile_b, &set_b));
     let diff = Diff::new(&profile_a, &profile_b);
@@ -302,9 +312,12 @@ struct SweepArgs {
     /// Also write sweep.csv, sweep.md and pareto.svg (the Pareto front) into this directory.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// The Pareto front's x metric.
-    #[arg(long, value_enum, default_value = "params")]
-    x: Metric,
+    /// A device profile (embedded name, see `toparch devices`, or file): predicted latency per row.
+    #[arg(long)]
+    device: Option<String>,
+    /// The Pareto front's x metric (default: latency with --device, else params).
+    #[arg(long, value_enum)]
+    x: Option<Metric>,
     /// Whether a smaller or larger x is better (`max` with params: the most capacity for the FLOPs).
     #[arg(long, value_enum, default_value = "min")]
     x_goal: Goal,
@@ -327,16 +340,16 @@ fn sweep(args: &SweepArgs) -> Result<String> {
     let template = args.spec.template()?;
     let base = args.spec.instantiate(&template, &[])?;
     let res = input_size(args.spec.res.as_deref(), &base)?;
-    let progress = ProgressBar::new(Sweep::size(&args.grid)? as u64).with_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} variants, {per_sec}, {eta} left")
-            .expect("the progress template is valid"),
-    );
+    let device = args.device.as_deref().map(Device::load).transpose()?;
+    let x = args.x.unwrap_or(if device.is_some() { Metric::Latency } else { Metric::Params });
+    let progress = progress_bar(Sweep::size(&args.grid)?, "sweep");
     let base_set: Vec<Override> = args.spec.set.clone();
     let sweep = Sweep::run(
         &base.spec.name,
         args.grid.clone(),
         res,
-        (Objective { metric: args.x, goal: args.x_goal }, Objective { metric: args.y, goal: args.y_goal }),
+        device.as_ref(),
+        (Objective { metric: x, goal: args.x_goal }, Objective { metric: args.y, goal: args.y_goal }),
         |overrides| template.check_schema(&[base_set.as_slice(), overrides].concat()),
         |overrides| args.spec.instantiate(&template, overrides),
         || progress.inc(1),
@@ -538,10 +551,12 @@ fn bench_command(args: &BenchArgs) -> Result<String> {
     let device = args.device.as_deref().map(Device::load).transpose()?;
     let threads = match (args.threads, &device) {
         (Some(0), _) => return Err(Error::input("--threads must be positive")),
-        (Some(t), Some(d)) if t != d.threads => return Err(Error::input(format!(
+        (Some(t), Some(d)) if t != d.threads => {
+            return Err(Error::input(format!(
             "--threads {t}: device profile '{}' was calibrated for {} thread(s); calibrate for {t} or drop --threads",
             d.name, d.threads
-        ))),
+        )))
+        }
         (Some(t), _) => t,
         (None, Some(d)) => d.threads,
         (None, None) => std::thread::available_parallelism().map_or(1, usize::from),

@@ -24,14 +24,17 @@ fn scratch(test: &str) -> PathBuf {
     dir
 }
 
-/// `profile --format json` of `variant` at `res` with `sets` as `--set` flags.
+/// `profile --format json` of `variant` at `res` with `sets` as `--set` flags, latency predicted on the
+/// embedded device.
 fn profile(variant: &str, res: &str, sets: &[String]) -> Value {
-    let mut args = vec!["profile", "-v", variant, "--res", res, "--depth", "block", "-f", "json"];
+    let mut args = vec!["profile", "-v", variant, "--res", res, "--depth", "block", "-f", "json", "--device", DEVICE];
     for s in sets {
         args.extend(["--set", s.as_str()]);
     }
     json(&args)
 }
+
+const DEVICE: &str = "snapdragon865";
 
 const GRIDS: [&str; 3] = [
     "semantics_extractor.depth=1,2,4",
@@ -41,7 +44,7 @@ const GRIDS: [&str; 3] = [
 
 #[test]
 fn every_sweep_row_is_the_profile_of_its_overrides() {
-    let mut args = vec!["sweep", "-v", "small", "--res", "384x320", "-f", "json"];
+    let mut args = vec!["sweep", "-v", "small", "--res", "384x320", "-f", "json", "--device", DEVICE, "--x", "params"];
     for g in GRIDS {
         args.extend(["--grid", g]);
     }
@@ -67,6 +70,8 @@ fn every_sweep_row_is_the_profile_of_its_overrides() {
         let p = profile("small", "384x320", &sets);
         assert_eq!(row["params"], p["params"], "{set:?}");
         assert_eq!(row["conventions"], p["conventions"], "{set:?}");
+        assert_eq!(row["memory"], p["memory"], "{set:?}");
+        assert_eq!(row["latency_ms"], p["latency"]["ms"], "{set:?}");
     }
     // The front: no row is dominated in (params, paper), and every dominated row is off it.
     let point = |r: &Value| (r["params"].as_u64().unwrap(), r["conventions"]["paper"].as_u64().unwrap());
@@ -106,7 +111,7 @@ fn sweep_files_are_deterministic_and_label_the_front() {
     // Every front row's label is drawn, and so are the published networks.
     let texts = svg_texts(&svg);
     let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
-    assert_eq!(&header[header.len() - 5..], ["params", "paper", "fvcore", "macs", "pareto"]);
+    assert_eq!(&header[header.len() - 6..], ["params", "paper", "fvcore", "macs", "peak_activation_bytes", "pareto"]);
     let mut front = 0;
     for line in csv.lines().skip(1).filter(|l| l.ends_with(",true")) {
         let cells: Vec<&str> = line.split(',').collect();
@@ -140,6 +145,8 @@ fn diff_deltas_are_differences_of_two_profiles() {
         "448x320",
         "-f",
         "json",
+        "--device",
+        DEVICE,
     ]);
     let a = profile("small", "448x320", &["semantics_extractor.depth=3".into()]);
     let b = profile(
@@ -152,7 +159,13 @@ fn diff_deltas_are_differences_of_two_profiles() {
         assert_eq!(diff[side]["spec"], profile["spec"]);
         assert_eq!(diff[side]["params"], profile["params"]);
         assert_eq!(diff[side]["conventions"], profile["conventions"]);
+        assert_eq!(diff[side]["memory"], profile["memory"]);
+        assert_eq!(diff[side]["latency_ms"], profile["latency"]["ms"]);
     }
+    let peak = |p: &Value| n(&p["memory"]["peak_activation_bytes"]);
+    assert_eq!(n(&diff["delta"]["peak_activation_bytes"]), peak(&b) - peak(&a));
+    let ms = |p: &Value| p["latency"]["ms"].as_f64().unwrap();
+    assert_eq!(diff["delta"]["latency_ms"].as_f64().unwrap(), ms(&b) - ms(&a));
     assert_eq!(n(&diff["delta"]["params"]), n(&b["params"]) - n(&a["params"]));
     for c in ["paper", "fvcore", "macs"] {
         assert_eq!(n(&diff["delta"]["conventions"][c]), n(&b["conventions"][c]) - n(&a["conventions"][c]));
@@ -182,6 +195,10 @@ fn diff_deltas_are_differences_of_two_profiles() {
                 g.as_ref().map_or(0, |g| n(c.map_or(&g[key], |c| &g[key][c])))
             };
             assert_eq!(n(&e["delta"]["params"]), value(&in_b, "params", None) - value(&in_a, "params", None));
+            assert_eq!(
+                n(&e["delta"]["activation_bytes"]),
+                value(&in_b, "activation_bytes", None) - value(&in_a, "activation_bytes", None)
+            );
             for c in ["paper", "fvcore", "macs"] {
                 assert_eq!(
                     n(&e["delta"]["conventions"][c]),
@@ -197,15 +214,7 @@ fn diff_deltas_are_differences_of_two_profiles() {
 
 #[test]
 fn diff_marks_blocks_on_one_side_only() {
-    let out = toparch(&[
-        "diff",
-        "tiny",
-        "tiny",
-        "--set-b",
-        "semantics_extractor.depth=5",
-        "-f",
-        "markdown",
-    ]);
+    let out = toparch(&["diff", "tiny", "tiny", "--set-b", "semantics_extractor.depth=5", "-f", "markdown"]);
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(out.status.success());
     assert!(text.contains("| backbone.trans.transformer_blocks.4 (b only) |"), "{text}");
@@ -250,15 +259,24 @@ fn bad_overrides_and_grids_exit_2_naming_the_key() {
         &["graph", "-v", "tiny", "--set", "semantics_extractor.depth=[1]"],
         &["semantics_extractor.depth", "invalid type", "from --set"],
     );
-    expect_error(&["profile", "-v", "tiny", "--set", "head.num_classes=0"], &["head.num_classes: must be positive", "from --set"]);
-    expect_error(&["profile", "-v", "tiny", "--set", "token_pyramid.blocks[99]=[3,1,16,1]"], &["index 99 is out of range"]);
+    expect_error(
+        &["profile", "-v", "tiny", "--set", "head.num_classes=0"],
+        &["head.num_classes: must be positive", "from --set"],
+    );
+    expect_error(
+        &["profile", "-v", "tiny", "--set", "token_pyramid.blocks[99]=[3,1,16,1]"],
+        &["index 99 is out of range"],
+    );
     expect_error(&["profile", "-v", "tiny", "--set", "depth"], &["--set", "is not KEY=VALUE"]);
     // A cross-field rule broken by an override names the key it checks and the override.
     expect_error(
         &["profile", "-v", "tiny", "--set", "injection.channels=96"],
         &["head.channels: must equal injection.channels (96)", "with --set injection.channels=96"],
     );
-    expect_error(&["sweep", "-v", "tiny", "--grid", "semantics_extractor.depth="], &["semantics_extractor.depth: the value list is empty"]);
+    expect_error(
+        &["sweep", "-v", "tiny", "--grid", "semantics_extractor.depth="],
+        &["semantics_extractor.depth: the value list is empty"],
+    );
     expect_error(
         &["sweep", "-v", "tiny", "--grid", "semantics_extractor.depht=1,2"],
         &["--grid semantics_extractor.depht", "unknown field"],
@@ -268,13 +286,28 @@ fn bad_overrides_and_grids_exit_2_naming_the_key() {
         &["--grid semantics_extractor.depth", "invalid type: string \"x\""],
     );
     expect_error(
-        &["sweep", "-v", "tiny", "--grid", "semantics_extractor.num_heads=0", "--grid", "semantics_extractor.depth=1,2"],
+        &[
+            "sweep",
+            "-v",
+            "tiny",
+            "--grid",
+            "semantics_extractor.num_heads=0",
+            "--grid",
+            "semantics_extractor.depth=1,2",
+        ],
         &["every one of the 2 combinations is invalid", "semantics_extractor.num_heads: must be positive"],
     );
     expect_error(
         &["sweep", "-v", "tiny", "--grid", "head.channels=8", "--grid", "injection.channels+head.channels=8"],
         &["a key is also swept"],
     );
+    expect_error(
+        &["sweep", "-v", "tiny", "--grid", "semantics_extractor.depth=1,2", "--x", "latency"],
+        &["latency needs --device"],
+    );
     expect_error(&["diff", "tiny", "nonesuch"], &["unknown variant 'nonesuch'"]);
-    expect_error(&["diff", "tiny", "small", "--set-a", "semantics_extractor.key_dim=0"], &["semantics_extractor.key_dim: must be positive"]);
+    expect_error(
+        &["diff", "tiny", "small", "--set-a", "semantics_extractor.key_dim=0"],
+        &["semantics_extractor.key_dim: must be positive"],
+    );
 }

@@ -3,22 +3,45 @@
 use crate::cost::{Convention, Cost, Group, Profile};
 
 /// One side's figures for a total, stage or block.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Side {
     /// Learnable parameters.
     pub params: u64,
     /// Cost under every convention.
     pub cost: Cost,
+    /// f32 output bytes of its layers, summed.
+    pub activation_bytes: u64,
+    /// The most activation bytes live at once (totals only).
+    pub peak_activation_bytes: Option<u64>,
+    /// Predicted milliseconds, with a device.
+    pub latency_ms: Option<f64>,
 }
 
 impl Side {
     fn of(group: &Group) -> Side {
-        Side { params: group.params, cost: group.cost }
+        Side {
+            params: group.params,
+            cost: group.cost,
+            activation_bytes: group.activation_bytes,
+            peak_activation_bytes: None,
+            latency_ms: group.latency_ms,
+        }
+    }
+
+    /// A whole profile's totals.
+    fn total(p: &Profile) -> Side {
+        Side {
+            params: p.params,
+            cost: p.cost,
+            activation_bytes: p.memory.activation_bytes,
+            peak_activation_bytes: Some(p.memory.peak_activation_bytes),
+            latency_ms: p.latency.as_ref().map(|l| l.prediction.total_ms),
+        }
     }
 }
 
 /// B minus A (a side that lacks the entry counts as zero).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Delta {
     /// A's figures, zero when absent.
     base: Side,
@@ -26,16 +49,27 @@ pub struct Delta {
     pub params: i128,
     /// Cost difference under each convention, in [`Convention::ALL`] order.
     pub cost: [i128; 3],
+    /// Activation bytes difference.
+    pub activation_bytes: i128,
+    /// Peak activation bytes difference (totals only).
+    pub peak_activation_bytes: Option<i128>,
+    /// Predicted milliseconds difference, with a device.
+    pub latency_ms: Option<f64>,
 }
 
 impl Delta {
     fn new(a: Option<Side>, b: Option<Side>) -> Delta {
-        let (a, b) = (a.unwrap_or_default(), b.unwrap_or_default());
+        let present = a.or(b).unwrap_or_default();
+        let absent = Side { latency_ms: present.latency_ms.map(|_| 0.0), ..Side::default() };
+        let (a, b) = (a.unwrap_or(absent), b.unwrap_or(absent));
         let diff = |x: u64, y: u64| i128::from(y) - i128::from(x);
         Delta {
             base: a,
             params: diff(a.params, b.params),
             cost: Convention::ALL.map(|c| diff(a.cost.get(c), b.cost.get(c))),
+            activation_bytes: diff(a.activation_bytes, b.activation_bytes),
+            peak_activation_bytes: a.peak_activation_bytes.zip(b.peak_activation_bytes).map(|(x, y)| diff(x, y)),
+            latency_ms: a.latency_ms.zip(b.latency_ms).map(|(x, y)| y - x),
         }
     }
 
@@ -103,11 +137,7 @@ pub struct Diff {
 impl Diff {
     /// Compares `a` with `b`, matching stages and blocks by name.
     pub fn new(a: &Profile, b: &Profile) -> Diff {
-        let total = DiffEntry::new(
-            "total",
-            Some(Side { params: a.params, cost: a.cost }),
-            Some(Side { params: b.params, cost: b.cost }),
-        );
+        let total = DiffEntry::new("total", Some(Side::total(a)), Some(Side::total(b)));
         Diff { total, stages: matched(&a.stages, &b.stages), blocks: matched(&a.blocks, &b.blocks) }
     }
 }
@@ -135,7 +165,15 @@ mod tests {
     use crate::graph::Stage;
 
     fn group(name: &str, params: u64) -> Group {
-        Group { name: name.into(), stage: Stage::TokenPyramid, params, cost: Cost::uniform(params * 10), output_shape: vec![] }
+        Group {
+            name: name.into(),
+            stage: Stage::TokenPyramid,
+            params,
+            cost: Cost::uniform(params * 10),
+            activation_bytes: params * 4,
+            latency_ms: None,
+            output_shape: vec![],
+        }
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Sweeps: every combination of a set of grids of spec overrides, profiled in parallel, with its Pareto front.
 
-use crate::cost::{Convention, Cost};
+use crate::cost::{Convention, Cost, Device, Memory, Prediction};
 use crate::error::{Error, Result};
-use crate::graph::compile;
+use crate::graph::{compile, Graph};
 use crate::spec::{parse_value, KeyPath, LoadedSpec, Override};
 use rayon::prelude::*;
 use std::str::FromStr;
@@ -34,8 +34,9 @@ impl FromStr for Grid {
     /// Parses `KEY=V1,V2,…`, splitting the values at commas outside brackets and quotes, so that
     /// `token_pyramid.blocks[9]=[3,6,160,1],[5,6,160,1]` has two values.
     fn from_str(text: &str) -> Result<Self, String> {
-        let (label, values) =
-            text.split_once('=').ok_or_else(|| format!("'{text}' is not KEY=V1,V2,… (e.g. semantics_extractor.depth=2,3,4)"))?;
+        let (label, values) = text
+            .split_once('=')
+            .ok_or_else(|| format!("'{text}' is not KEY=V1,V2,… (e.g. semantics_extractor.depth=2,3,4)"))?;
         let label = label.trim().to_string();
         let keys = label.split('+').map(|k| KeyPath::parse(k.trim())).collect::<Result<Vec<_>, _>>()?;
         let values = split_top_level(values)
@@ -83,18 +84,36 @@ pub struct SweepRow {
     pub params: u64,
     /// Total cost under every convention.
     pub cost: Cost,
+    /// Parameter and activation memory under the executor's schedule.
+    pub memory: Memory,
+    /// Predicted milliseconds on the sweep's device, when one was given.
+    pub latency_ms: Option<f64>,
     /// Whether no other row is at least as good on both objectives and better on one.
     pub pareto: bool,
 }
 
 impl SweepRow {
-    /// The row's value of `metric`.
-    pub fn metric(&self, metric: Metric) -> u64 {
+    /// Profiles `graph` (params, cost, memory) and predicts its latency on `device`.
+    pub fn profile(graph: &Graph, device: Option<&Device>, set: Vec<Setting>) -> Self {
+        SweepRow {
+            set,
+            params: graph.learnable_params(),
+            cost: graph.total_cost(),
+            memory: Memory::new(graph),
+            latency_ms: device.map(|d| Prediction::new(graph, d).total_ms),
+            pareto: false,
+        }
+    }
+
+    /// The row's value of `metric` (NaN for a latency without a device).
+    pub fn metric(&self, metric: Metric) -> f64 {
         match metric {
-            Metric::Params => self.params,
-            Metric::Paper => self.cost.paper,
-            Metric::Fvcore => self.cost.fvcore,
-            Metric::Macs => self.cost.macs,
+            Metric::Params => self.params as f64,
+            Metric::Paper => self.cost.paper as f64,
+            Metric::Fvcore => self.cost.fvcore as f64,
+            Metric::Macs => self.cost.macs as f64,
+            Metric::Memory => self.memory.peak_activation_bytes as f64,
+            Metric::Latency => self.latency_ms.unwrap_or(f64::NAN),
         }
     }
 }
@@ -119,6 +138,10 @@ pub enum Metric {
     Fvcore,
     /// Plain multiply-accumulates.
     Macs,
+    /// Peak activation bytes under the executor's schedule.
+    Memory,
+    /// Predicted latency on the device (needs `--device`).
+    Latency,
 }
 
 impl Metric {
@@ -129,6 +152,8 @@ impl Metric {
             Metric::Paper => "paper",
             Metric::Fvcore => "fvcore",
             Metric::Macs => "macs",
+            Metric::Memory => "memory",
+            Metric::Latency => "latency",
         }
     }
 
@@ -145,6 +170,8 @@ impl Metric {
     pub fn axis_title(self) -> String {
         match self {
             Metric::Params => "parameters (millions)".into(),
+            Metric::Memory => "peak activation memory (MiB, f32)".into(),
+            Metric::Latency => "predicted latency (ms)".into(),
             _ => format!("GFLOPs ({}, 10^9 multiply-adds)", self.name()),
         }
     }
@@ -153,6 +180,8 @@ impl Metric {
     pub fn scale(self) -> f64 {
         match self {
             Metric::Params => 1e6,
+            Metric::Memory => 1024.0 * 1024.0,
+            Metric::Latency => 1.0,
             _ => 1e9,
         }
     }
@@ -183,11 +212,11 @@ impl Objective {
     }
 
     /// The row's value, turned so that smaller is better.
-    fn rank(self, row: &SweepRow) -> u64 {
+    fn rank(self, row: &SweepRow) -> f64 {
         let value = row.metric(self.metric);
         match self.goal {
             Goal::Min => value,
-            Goal::Max => u64::MAX - value,
+            Goal::Max => -value,
         }
     }
 
@@ -216,25 +245,36 @@ pub struct Sweep {
     pub skipped: Vec<Skipped>,
     /// What the Pareto front is taken over: x, y.
     pub axes: (Objective, Objective),
+    /// The device latency was predicted on.
+    pub device: Option<Device>,
 }
 
 impl Sweep {
-    /// Profiles every combination of `grids` at `res` in parallel. `instantiate` turns a combination's overrides
-    /// into a validated spec (the caller adds its own base overrides); `tick` is called once per combination.
-    /// Unknown keys, values of the wrong type and a grid whose every combination is refused are errors naming
-    /// the key; a combination the validator refuses is skipped with its reason.
+    /// Profiles every combination of `grids` at `res` in parallel, predicting latency on `device` if given.
+    /// `instantiate` turns a combination's overrides into a validated spec (the caller adds its own base
+    /// overrides); `tick` is called once per combination. Unknown keys, values of the wrong type, a latency axis
+    /// without a device and a grid whose every combination is refused are errors naming the key; a combination
+    /// the validator refuses is skipped with its reason.
+    #[allow(clippy::too_many_arguments)]
     pub fn run(
         base: &str,
         grids: Vec<Grid>,
         res: (usize, usize),
+        device: Option<&Device>,
         axes: (Objective, Objective),
         check_schema: impl Fn(&[Override]) -> Result<()>,
         instantiate: impl Fn(&[Override]) -> Result<LoadedSpec> + Sync,
         tick: impl Fn() + Sync,
     ) -> Result<Sweep> {
+        if device.is_none() && [axes.0, axes.1].iter().any(|a| a.metric == Metric::Latency) {
+            return Err(Error::input("--x/--y latency: predicted latency needs --device"));
+        }
         for (i, grid) in grids.iter().enumerate() {
             if let Some(earlier) = grids[..i].iter().find(|g| g.keys.iter().any(|k| grid.keys.contains(k))) {
-                return Err(Error::input(format!("--grid {}: a key is also swept by --grid {}", grid.label, earlier.label)));
+                return Err(Error::input(format!(
+                    "--grid {}: a key is also swept by --grid {}",
+                    grid.label, earlier.label
+                )));
             }
             for v in 0..grid.values.len() {
                 let overrides: Vec<Override> = grid.overrides(v).collect();
@@ -246,13 +286,10 @@ impl Sweep {
             .into_par_iter()
             .map(|index| {
                 let (set, overrides) = combination(&grids, index);
-                let profiled = instantiate(&overrides).and_then(|loaded| {
-                    let graph = compile(&loaded.spec, res.0, res.1)?;
-                    Ok((graph.learnable_params(), graph.total_cost()))
-                });
+                let graph = instantiate(&overrides).and_then(|loaded| compile(&loaded.spec, res.0, res.1));
                 tick();
-                match profiled {
-                    Ok((params, cost)) => Ok(SweepRow { set, params, cost, pareto: false }),
+                match graph {
+                    Ok(graph) => Ok(SweepRow::profile(&graph, device, set)),
                     Err(e) => Err(Skipped { set, error: e.to_string() }),
                 }
             })
@@ -272,11 +309,11 @@ impl Sweep {
                 labels.join(", --grid ")
             )));
         }
-        let points: Vec<(u64, u64)> = rows.iter().map(|r| (axes.0.rank(r), axes.1.rank(r))).collect();
+        let points: Vec<(f64, f64)> = rows.iter().map(|r| (axes.0.rank(r), axes.1.rank(r))).collect();
         for i in pareto_front(&points) {
             rows[i].pareto = true;
         }
-        Ok(Sweep { base: base.to_string(), res, grids, rows, skipped, axes })
+        Ok(Sweep { base: base.to_string(), res, grids, rows, skipped, axes, device: device.cloned() })
     }
 
     /// The number of combinations of `grids`; an error beyond [`MAX_COMBINATIONS`].
@@ -293,11 +330,11 @@ impl Sweep {
     /// The rows on the Pareto front, by increasing x.
     pub fn front(&self) -> Vec<&SweepRow> {
         let mut front: Vec<&SweepRow> = self.rows.iter().filter(|r| r.pareto).collect();
-        front.sort_by_key(|r| (r.metric(self.axes.0.metric), r.metric(self.axes.1.metric)));
+        let (x, y) = (self.axes.0.metric, self.axes.1.metric);
+        front.sort_by(|a, b| a.metric(x).total_cmp(&b.metric(x)).then(a.metric(y).total_cmp(&b.metric(y))));
         front
     }
 }
-
 
 /// The `index`-th combination (the last grid varying fastest): its settings and overrides.
 fn combination(grids: &[Grid], mut index: usize) -> (Vec<Setting>, Vec<Override>) {
@@ -313,12 +350,12 @@ fn combination(grids: &[Grid], mut index: usize) -> (Vec<Setting>, Vec<Override>
 
 /// Indices of the points no other point dominates (at most as large on both coordinates and smaller on one).
 /// Identical points share their fate.
-pub fn pareto_front(points: &[(u64, u64)]) -> Vec<usize> {
+pub fn pareto_front(points: &[(f64, f64)]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..points.len()).collect();
-    order.sort_by_key(|&i| points[i]);
+    order.sort_by(|&i, &j| points[i].0.total_cmp(&points[j].0).then(points[i].1.total_cmp(&points[j].1)));
     let mut front = Vec::new();
-    let mut best_y = u64::MAX;
-    let mut last_on_front: Option<(u64, u64)> = None;
+    let mut best_y = f64::INFINITY;
+    let mut last_on_front: Option<(f64, f64)> = None;
     for i in order {
         let p = points[i];
         if p.1 < best_y || last_on_front == Some(p) {
@@ -344,7 +381,10 @@ mod tests {
         assert_eq!(g.values, [128, 192, 256].map(toml::Value::Integer).to_vec());
         let g: Grid = "head.activation=relu,\"hswish\"".parse().unwrap();
         assert_eq!(g.values[1], toml::Value::String("hswish".into()));
-        assert_eq!("semantics_extractor.depth=".parse::<Grid>().unwrap_err(), "semantics_extractor.depth: the value list is empty");
+        assert_eq!(
+            "semantics_extractor.depth=".parse::<Grid>().unwrap_err(),
+            "semantics_extractor.depth: the value list is empty"
+        );
         assert!("depth".parse::<Grid>().is_err());
     }
 
@@ -359,7 +399,7 @@ mod tests {
 
     #[test]
     fn pareto_front_keeps_undominated_points() {
-        let points = [(3, 1), (1, 3), (2, 2), (2, 3), (3, 3), (1, 3), (4, 1)];
+        let points = [(3.0, 1.0), (1.0, 3.0), (2.0, 2.0), (2.0, 3.0), (3.0, 3.0), (1.0, 3.0), (4.0, 1.0)];
         assert_eq!(pareto_front(&points), vec![0, 1, 2, 5]);
         // Checked against the definition.
         for (i, p) in points.iter().enumerate() {

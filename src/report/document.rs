@@ -7,14 +7,15 @@ use super::rows::{breakdown, published, Depth, Rows};
 use super::table::markdown_table;
 use crate::cost::{Convention, Profile};
 use crate::error::{write_atomic, Error, Result};
-use crate::graph::compile;
 use crate::explore::{Goal, Grid, Metric, Objective, Sweep, SweepRow};
+use crate::graph::compile;
 use crate::report::explore::{pareto_figure, pareto_title};
 use crate::spec::{embedded_specs, load_embedded, parse_resolution, Spec, SpecTemplate};
 use std::path::{Path, PathBuf};
 
 /// The ADE20K variants the report compares, by embedded spec name and short label.
-pub(crate) const VARIANTS: [(&str, &str); 3] = [("topformer-tiny", "T"), ("topformer-small", "S"), ("topformer-base", "B")];
+pub(crate) const VARIANTS: [(&str, &str); 3] =
+    [("topformer-tiny", "T"), ("topformer-small", "S"), ("topformer-base", "B")];
 
 /// Resolutions of the FLOPs-vs-resolution sweep (square inputs).
 const SWEEP: [usize; 7] = [256, 384, 512, 768, 1024, 1536, 2048];
@@ -42,6 +43,7 @@ fn design_space() -> Result<Sweep> {
         "topformer-base",
         grids,
         (512, 512),
+        None,
         axes,
         |o| template.check_schema(o),
         |o| template.instantiate(o),
@@ -63,7 +65,12 @@ fn design_space_section(sweep: &Sweep) -> String {
     md.push_str(&design_space_findings(sweep));
     md.push_str("\n\nThe front, by FLOPs:\n\n");
     let mut front = Rows {
-        header: sweep.grids.iter().map(|g| format!("`{}`", g.label)).chain(["params".into(), "FLOPs (paper)".into()]).collect(),
+        header: sweep
+            .grids
+            .iter()
+            .map(|g| format!("`{}`", g.label))
+            .chain(["params".into(), "FLOPs (paper)".into()])
+            .collect(),
         body: vec![],
         total: vec![],
     };
@@ -246,7 +253,10 @@ pub fn build_report() -> Result<Vec<ReportFile>> {
         )?,
     });
     let design = design_space()?;
-    files.push(ReportFile { name: DESIGN_SPACE_FIGURE.into(), contents: pareto_figure(&design, &pareto_title(&design))? });
+    files.push(ReportFile {
+        name: DESIGN_SPACE_FIGURE.into(),
+        contents: pareto_figure(&design, &pareto_title(&design))?,
+    });
     let mut md = markdown(&baselines, &at_512, &sweep)?;
     md.push_str(&design_space_section(&design));
     files.push(ReportFile { name: "README.md".into(), contents: md });

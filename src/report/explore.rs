@@ -2,10 +2,11 @@
 
 use super::document::VARIANTS;
 use super::format::{shape, si, thousands};
+use super::json::JsonMemory;
 use super::plot::{pareto_svg, ScatterPoint};
 use super::rows::Rows;
 use super::table::{markdown_table, terminal_table, Style};
-use crate::cost::{Convention, Cost, Profile};
+use crate::cost::{Convention, Cost, Memory, Profile};
 use crate::error::{write_atomic, Error, Result};
 use crate::explore::{Delta, Diff, DiffEntry, Metric, Side, Sweep, SweepRow};
 use crate::graph::compile;
@@ -30,26 +31,48 @@ impl DiffSide<'_> {
     }
 }
 
+fn memory_json(memory: &Memory) -> Value {
+    serde_json::to_value(JsonMemory::new(memory)).expect("memory figures serialise")
+}
+
 fn cost_json(cost: Cost) -> Value {
     json!({"paper": cost.paper, "fvcore": cost.fvcore, "macs": cost.macs})
 }
 
 fn side_json(side: Option<Side>) -> Value {
-    side.map_or(Value::Null, |s| json!({"params": s.params, "conventions": cost_json(s.cost)}))
+    side.map_or(Value::Null, |s| {
+        let mut json =
+            json!({"params": s.params, "conventions": cost_json(s.cost), "activation_bytes": s.activation_bytes});
+        if let Some(peak) = s.peak_activation_bytes {
+            json["peak_activation_bytes"] = json!(peak);
+        }
+        if let Some(ms) = s.latency_ms {
+            json["latency_ms"] = json!(ms);
+        }
+        json
+    })
 }
 
 fn delta_json(delta: &Delta) -> Value {
     let by_convention = |f: &dyn Fn(Convention) -> Value| -> Value {
         Convention::ALL.iter().map(|&c| (c.name().to_string(), f(c))).collect::<serde_json::Map<_, _>>().into()
     };
-    json!({
+    let mut json = json!({
         "params": delta.params,
         "conventions": by_convention(&|c| json!(delta.flops(c))),
+        "activation_bytes": delta.activation_bytes,
         "relative": {
             "params": delta.params_relative(),
             "conventions": by_convention(&|c| json!(delta.flops_relative(c))),
         },
-    })
+    });
+    if let Some(peak) = delta.peak_activation_bytes {
+        json["peak_activation_bytes"] = json!(peak);
+    }
+    if let Some(ms) = delta.latency_ms {
+        json["latency_ms"] = json!(ms);
+    }
+    json
 }
 
 fn entry_json(entry: &DiffEntry) -> Value {
@@ -73,6 +96,8 @@ pub fn diff_json(diff: &Diff, a: &DiffSide<'_>, b: &DiffSide<'_>) -> String {
             "set": side.set,
             "params": side.profile.params,
             "conventions": cost_json(side.profile.cost),
+            "memory": memory_json(&side.profile.memory),
+            "latency_ms": side.profile.latency.as_ref().map(|l| l.prediction.total_ms),
         })
     };
     let json = json!({
@@ -106,10 +131,21 @@ fn side_cells(side: Option<Side>, value: impl Fn(Side) -> u64) -> String {
     side.map_or("—".into(), |s| thousands(value(s)))
 }
 
-/// Rows of entries: name, params A/B/Δ/Δ%, FLOPs under `convention` A/B/Δ/Δ%.
+/// Rows of entries: name, params A/B/Δ/Δ%, FLOPs under `convention` A/B/Δ/Δ%, activation bytes A/B/Δ and,
+/// with a device, predicted milliseconds A/B/Δ.
 fn entry_rows(first: &str, entries: &[DiffEntry], convention: Convention) -> Rows {
     let flops = format!("FLOPs ({})", convention.name());
-    let header = [first, "params A", "params B", "Δ", "Δ %", &format!("{flops} A"), &format!("{flops} B"), "Δ", "Δ %"];
+    let mut header: Vec<String> =
+        [first, "params A", "params B", "Δ", "Δ %", &format!("{flops} A"), &format!("{flops} B"), "Δ", "Δ %"]
+            .into_iter()
+            .chain(["activations A", "activations B", "Δ"])
+            .map(String::from)
+            .collect();
+    let latency = entries.iter().any(|e| e.delta.latency_ms.is_some());
+    if latency {
+        header.extend(["ms A", "ms B", "Δ"].map(String::from));
+    }
+    let ms = |side: Option<Side>| side.and_then(|s| s.latency_ms).map_or("—".into(), |v| format!("{v:.3}"));
     let body = entries
         .iter()
         .map(|e| {
@@ -117,7 +153,7 @@ fn entry_rows(first: &str, entries: &[DiffEntry], convention: Convention) -> Row
                 "both" => e.name.clone(),
                 only => format!("{} ({only})", e.name),
             };
-            vec![
+            let mut row = vec![
                 name,
                 side_cells(e.a, |s| s.params),
                 side_cells(e.b, |s| s.params),
@@ -127,10 +163,21 @@ fn entry_rows(first: &str, entries: &[DiffEntry], convention: Convention) -> Row
                 side_cells(e.b, |s| s.cost.get(convention)),
                 signed(e.delta.flops(convention)),
                 relative(e.delta.flops_relative(convention)),
-            ]
+                side_cells(e.a, |s| s.activation_bytes),
+                side_cells(e.b, |s| s.activation_bytes),
+                signed(e.delta.activation_bytes),
+            ];
+            if latency {
+                row.extend([ms(e.a), ms(e.b), e.delta.latency_ms.map_or("—".into(), |d| format!("{d:+.3}"))]);
+            }
+            row
         })
         .collect();
-    Rows { header: header.map(String::from).to_vec(), body, total: vec![] }
+    Rows { header, body, total: vec![] }
+}
+
+fn ratio(delta: i128, base: u64) -> Option<f64> {
+    (base != 0).then(|| delta as f64 / base as f64)
 }
 
 /// Totals under every metric: params and each convention, A, B, Δ, Δ %.
@@ -151,6 +198,22 @@ fn total_rows(total: &DiffEntry) -> Rows {
             signed(total.delta.flops(c)),
             relative(total.delta.flops_relative(c)),
         ]);
+    }
+    if let (Some(pa), Some(pb), Some(d)) =
+        (a.peak_activation_bytes, b.peak_activation_bytes, total.delta.peak_activation_bytes)
+    {
+        body.push(vec![
+            "peak activation bytes".into(),
+            thousands(pa),
+            thousands(pb),
+            signed(d),
+            relative(ratio(d, pa)),
+        ]);
+    }
+    if let (Some(la), Some(lb), Some(d)) = (a.latency_ms, b.latency_ms, total.delta.latency_ms) {
+        let ms = |v: f64| format!("{v:.2}");
+        let rel = (la > 0.0).then(|| d / la);
+        body.push(vec!["latency (ms)".into(), ms(la), ms(lb), format!("{d:+.2}"), relative(rel)]);
     }
     Rows { header: ["total", "A", "B", "Δ", "Δ %"].map(String::from).to_vec(), body, total: vec![] }
 }
@@ -173,10 +236,9 @@ pub fn render_diff(diff: &Diff, a: &DiffSide<'_>, b: &DiffSide<'_>, convention: 
     let (a_at, b_at) = (shape(&a.profile.input), shape(&b.profile.input));
     let (mut out, gap) = match style {
         Style::Terminal => (format!("A: {} at {a_at}\nB: {} at {b_at}\n{summary}\n\n", a.title(), b.title()), ""),
-        Style::Markdown => (
-            format!("{heading}{summary}\n\n- A: `{}` at {a_at}\n- B: `{}` at {b_at}\n\n", a.title(), b.title()),
-            "\n",
-        ),
+        Style::Markdown => {
+            (format!("{heading}{summary}\n\n- A: `{}` at {a_at}\n- B: `{}` at {b_at}\n\n", a.title(), b.title()), "\n")
+        }
     };
     out.push_str(&table(&total_rows(&diff.total)));
     out.push_str(&format!("\nPer stage\n{gap}"));
@@ -193,7 +255,15 @@ fn grid_names(sweep: &Sweep) -> Vec<String> {
         .grids
         .iter()
         .zip(&leaves)
-        .map(|(g, leaf)| if leaves.iter().filter(|l| *l == leaf).count() > 1 { g.label.clone() } else { leaf.to_string() })
+        .map(
+            |(g, leaf)| {
+                if leaves.iter().filter(|l| *l == leaf).count() > 1 {
+                    g.label.clone()
+                } else {
+                    leaf.to_string()
+                }
+            },
+        )
         .collect()
 }
 
@@ -206,10 +276,8 @@ fn value_text(value: &toml::Value) -> String {
 }
 
 fn set_json(set: &[(String, toml::Value)]) -> Value {
-    let map: serde_json::Map<String, Value> = set
-        .iter()
-        .map(|(key, value)| (key.clone(), serde_json::to_value(value).unwrap_or(Value::Null)))
-        .collect();
+    let map: serde_json::Map<String, Value> =
+        set.iter().map(|(key, value)| (key.clone(), serde_json::to_value(value).unwrap_or(Value::Null))).collect();
     map.into()
 }
 
@@ -220,7 +288,17 @@ pub fn sweep_json(sweep: &Sweep) -> String {
         .rows
         .iter()
         .map(|r| {
-            json!({"set": set_json(&r.set), "params": r.params, "conventions": cost_json(r.cost), "pareto": r.pareto})
+            let mut row = json!({
+                "set": set_json(&r.set),
+                "params": r.params,
+                "conventions": cost_json(r.cost),
+                "memory": memory_json(&r.memory),
+            });
+            if let Some(ms) = r.latency_ms {
+                row["latency_ms"] = json!(ms);
+            }
+            row["pareto"] = json!(r.pareto);
+            row
         })
         .collect();
     let skipped: Vec<Value> =
@@ -234,6 +312,7 @@ pub fn sweep_json(sweep: &Sweep) -> String {
             "y": sweep.axes.1.metric.name(),
             "y_goal": format!("{:?}", sweep.axes.1.goal).to_lowercase(),
         },
+        "device": sweep.device.as_ref().map(|d| d.name.as_str()),
         "rows": rows,
         "skipped": skipped,
     });
@@ -251,18 +330,21 @@ fn csv_field(text: &str) -> String {
     }
 }
 
-fn metric_columns(row: &SweepRow) -> [String; 4] {
-    [row.params, row.cost.paper, row.cost.fvcore, row.cost.macs].map(|v| v.to_string())
-}
-
-/// The rows as CSV: one column per grid (its label), params, FLOPs per convention, pareto (true/false).
+/// The rows as CSV: one column per grid (its label), params, FLOPs per convention, peak activation bytes,
+/// predicted milliseconds (with a device), pareto (true/false).
 pub fn sweep_csv(sweep: &Sweep) -> String {
     let mut header: Vec<String> = sweep.grids.iter().map(|g| csv_field(&g.label)).collect();
-    header.extend(["params", "paper", "fvcore", "macs", "pareto"].map(String::from));
+    header.extend(["params", "paper", "fvcore", "macs", "peak_activation_bytes"].map(String::from));
+    if sweep.device.is_some() {
+        header.push("latency_ms".into());
+    }
+    header.push("pareto".into());
     let mut out = header.join(",") + "\n";
     for row in &sweep.rows {
         let mut cells: Vec<String> = row.set.iter().map(|(_, v)| csv_field(&value_text(v))).collect();
-        cells.extend(metric_columns(row));
+        let counts = [row.params, row.cost.paper, row.cost.fvcore, row.cost.macs, row.memory.peak_activation_bytes];
+        cells.extend(counts.map(|v| v.to_string()));
+        cells.extend(row.latency_ms.map(|ms| format!("{ms:.3}")));
         cells.push(row.pareto.to_string());
         out.push_str(&(cells.join(",") + "\n"));
     }
@@ -283,13 +365,19 @@ pub fn sweep_markdown(sweep: &Sweep) -> String {
         sweep.skipped.len()
     );
     let mut header: Vec<String> = sweep.grids.iter().map(|g| format!("`{}`", g.label)).collect();
-    header.extend(["params", "FLOPs (paper)", "FLOPs (fvcore)", "MACs", "Pareto"].map(String::from));
+    header.extend(["params", "FLOPs (paper)", "FLOPs (fvcore)", "MACs", "peak activations"].map(String::from));
+    if let Some(device) = &sweep.device {
+        header.push(format!("latency ({})", device.name));
+    }
+    header.push("Pareto".into());
     let body = sweep
         .rows
         .iter()
         .map(|r| {
             let mut cells: Vec<String> = r.set.iter().map(|(_, v)| format!("`{}`", value_text(v))).collect();
             cells.extend([r.params, r.cost.paper, r.cost.fvcore, r.cost.macs].map(thousands));
+            cells.push(metric_text(Metric::Memory, r.metric(Metric::Memory)));
+            cells.extend(r.latency_ms.map(|ms| metric_text(Metric::Latency, ms)));
             cells.push(if r.pareto { "yes".into() } else { String::new() });
             cells
         })
@@ -306,18 +394,17 @@ pub fn sweep_markdown(sweep: &Sweep) -> String {
 }
 
 /// The published TopFormer-T/S/B configurations at `res`, as labelled points on `axes`.
-fn published_points(res: (usize, usize), (x, y): (Metric, Metric)) -> Result<Vec<ScatterPoint>> {
+fn published_points(sweep: &Sweep, (x, y): (Metric, Metric)) -> Result<Vec<ScatterPoint>> {
     VARIANTS
         .iter()
         .map(|&(name, label)| {
             let spec = load_embedded(name)?.spec;
-            let graph = compile(&spec, res.0, res.1)?;
-            let row =
-                SweepRow { set: vec![], params: graph.learnable_params(), cost: graph.total_cost(), pareto: false };
+            let graph = compile(&spec, sweep.res.0, sweep.res.1)?;
+            let row = SweepRow::profile(&graph, sweep.device.as_ref(), vec![]);
             Ok(ScatterPoint {
                 label: format!("TopFormer-{label}"),
-                x: row.metric(x) as f64 / x.scale(),
-                y: row.metric(y) as f64 / y.scale(),
+                x: row.metric(x) / x.scale(),
+                y: row.metric(y) / y.scale(),
                 series: "TopFormer-T/S/B as published".into(),
                 approximate: false,
             })
@@ -329,7 +416,7 @@ fn published_points(res: (usize, usize), (x, y): (Metric, Metric)) -> Result<Vec
 /// and the published TopFormer-T/S/B marked.
 pub fn pareto_figure(sweep: &Sweep, title: &str) -> Result<String> {
     let (x, y) = (sweep.axes.0.metric, sweep.axes.1.metric);
-    let at = |r: &SweepRow| (r.metric(x) as f64 / x.scale(), r.metric(y) as f64 / y.scale());
+    let at = |r: &SweepRow| (r.metric(x) / x.scale(), r.metric(y) / y.scale());
     let names = grid_names(sweep);
     let front: Vec<ScatterPoint> = sweep
         .front()
@@ -342,7 +429,7 @@ pub fn pareto_figure(sweep: &Sweep, title: &str) -> Result<String> {
         })
         .collect();
     let variants: Vec<(f64, f64)> = sweep.rows.iter().map(at).collect();
-    pareto_svg(title, &x.axis_title(), &y.axis_title(), &variants, &front, &published_points(sweep.res, (x, y))?)
+    pareto_svg(title, &x.axis_title(), &y.axis_title(), &variants, &front, &published_points(sweep, (x, y))?)
 }
 
 /// The default title of a sweep's Pareto figure.
@@ -376,6 +463,15 @@ pub fn write_sweep(sweep: &Sweep, dir: &Path) -> Result<Vec<PathBuf>> {
         .collect()
 }
 
+/// A value of `metric` for people: `3.03 M`, `12.5 MiB`, `41.2 ms`.
+fn metric_text(metric: Metric, value: f64) -> String {
+    match metric {
+        Metric::Memory => format!("{:.1} MiB", value / metric.scale()),
+        Metric::Latency => format!("{value:.1} ms"),
+        _ => si(value as u64),
+    }
+}
+
 /// A one-line summary for the terminal: variants, front size, skipped, and the front's extremes.
 pub fn sweep_summary(sweep: &Sweep) -> String {
     let front = sweep.front();
@@ -383,13 +479,13 @@ pub fn sweep_summary(sweep: &Sweep) -> String {
     let ends = match (front.first(), front.last()) {
         (Some(lo), Some(hi)) => format!(
             "; front from {} {} / {} {} to {} {} / {} {}",
-            si(lo.metric(x)),
+            metric_text(x, lo.metric(x)),
             x.name(),
-            si(lo.metric(y)),
+            metric_text(y, lo.metric(y)),
             y.name(),
-            si(hi.metric(x)),
+            metric_text(x, hi.metric(x)),
             x.name(),
-            si(hi.metric(y)),
+            metric_text(y, hi.metric(y)),
             y.name()
         ),
         _ => String::new(),

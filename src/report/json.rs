@@ -38,8 +38,9 @@ fn is_one(n: &usize) -> bool {
     *n == 1
 }
 
+/// The `memory` object of the profile JSON, shared by `sweep` and `diff`.
 #[derive(Serialize)]
-struct JsonMemory<'a> {
+pub(crate) struct JsonMemory<'a> {
     params_bytes: ParamBytes,
     buffers_bytes: u64,
     activation_bytes: u64,
@@ -49,7 +50,7 @@ struct JsonMemory<'a> {
 }
 
 impl<'a> JsonMemory<'a> {
-    fn new(m: &'a Memory) -> Self {
+    pub(crate) fn new(m: &'a Memory) -> Self {
         JsonMemory {
             params_bytes: m.params_bytes,
             buffers_bytes: m.buffers_bytes,

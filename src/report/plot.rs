@@ -249,10 +249,12 @@ pub fn pareto_svg(
         LegendEntry { text: dots_text, swatch: Swatch::Marker(dot) },
         LegendEntry { text: front_series.to_string(), swatch: Swatch::Line(Marker::series(0, false)) },
     ];
-    legend.extend(reference_series.iter().enumerate().map(|(i, name)| LegendEntry {
-        text: name.to_string(),
-        swatch: Swatch::Marker(Marker::series(i + 1, false)),
-    }));
+    legend.extend(
+        reference_series.iter().enumerate().map(|(i, name)| LegendEntry {
+            text: name.to_string(),
+            swatch: Swatch::Marker(Marker::series(i + 1, false)),
+        }),
+    );
 
     let mut data: Vec<Vec<(f64, f64)>> = vec![front.iter().map(|p| (p.x, p.y)).collect()];
     data.extend(labelled.iter().map(|p| vec![(p.x, p.y)]));

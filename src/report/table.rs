@@ -15,7 +15,8 @@ pub(crate) fn terminal_table(rows: &Rows) -> String {
     table.set_format(*format::consts::FORMAT_NO_LINESEP_WITH_TITLE);
     table.set_titles(Row::new(rows.header.iter().map(|h| Cell::new(h).style_spec("b")).collect()));
     for r in rows.body.iter().chain((!rows.total.is_empty()).then_some(&rows.total)) {
-        let cells = r.iter().map(|t| if looks_numeric(t) { Cell::new(t).style_spec("r") } else { Cell::new(t) }).collect();
+        let cells =
+            r.iter().map(|t| if looks_numeric(t) { Cell::new(t).style_spec("r") } else { Cell::new(t) }).collect();
         table.add_row(Row::new(cells));
     }
     table.to_string()
@@ -38,9 +39,7 @@ pub fn markdown_table(rows: &Rows) -> String {
     let line = |cells: &[String]| format!("| {} |\n", cells.join(" | "));
     let mut out = line(&rows.header);
     // Numbers align right, text left, judged by the first row.
-    let numeric = |i: usize| {
-        rows.body.first().and_then(|r| r.get(i)).is_some_and(|t| looks_numeric(t))
-    };
+    let numeric = |i: usize| rows.body.first().and_then(|r| r.get(i)).is_some_and(|t| looks_numeric(t));
     let align: Vec<String> =
         (0..rows.header.len()).map(|i| if numeric(i) { "--:".into() } else { "---".into() }).collect();
     out.push_str(&line(&align));

@@ -160,8 +160,9 @@ impl FromStr for Override {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        let (key, value) =
-            text.split_once('=').ok_or_else(|| format!("'{text}' is not KEY=VALUE (e.g. semantics_extractor.depth=3)"))?;
+        let (key, value) = text
+            .split_once('=')
+            .ok_or_else(|| format!("'{text}' is not KEY=VALUE (e.g. semantics_extractor.depth=3)"))?;
         let key = KeyPath::parse(key.trim())?;
         let value = parse_value(value).map_err(|e| format!("{key}: {e}"))?;
         Ok(Override { key, value })
