@@ -398,10 +398,12 @@ fn bench_command(args: &BenchArgs) -> Result<String> {
     let device = args.device.as_deref().map(Device::load).transpose()?;
     let threads = match (args.threads, &device) {
         (Some(0), _) => return Err(Error::input("--threads must be positive")),
-        (Some(t), Some(d)) if t != d.threads => return Err(Error::input(format!(
+        (Some(t), Some(d)) if t != d.threads => {
+            return Err(Error::input(format!(
             "--threads {t}: device profile '{}' was calibrated for {} thread(s); calibrate for {t} or drop --threads",
             d.name, d.threads
-        ))),
+        )))
+        }
         (Some(t), _) => t,
         (None, Some(d)) => d.threads,
         (None, None) => std::thread::available_parallelism().map_or(1, usize::from),
@@ -432,7 +434,7 @@ fn calibrate_command(args: &CalibrateArgs) -> Result<String> {
     }
     let bar = progress_bar(CALIBRATION_CASES.len() * RUNS_PER_CASE, "calibrate");
     let started = std::time::Instant::now();
-    if !(args.max_spread >= 1.0) {
+    if args.max_spread.is_nan() || args.max_spread < 1.0 {
         return Err(Error::input("--max-spread must be at least 1"));
     }
     let calibration = calibrate(&args.name, args.threads, args.max_spread, &|| bar.inc(1));
