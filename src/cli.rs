@@ -587,7 +587,7 @@ fn calibrate_command(args: &CalibrateArgs) -> Result<String> {
     }
     let bar = progress_bar(CALIBRATION_CASES.len() * RUNS_PER_CASE, "calibrate");
     let started = std::time::Instant::now();
-    if !(args.max_spread >= 1.0) {
+    if args.max_spread.is_nan() || args.max_spread < 1.0 {
         return Err(Error::input("--max-spread must be at least 1"));
     }
     let calibration = calibrate(&args.name, args.threads, args.max_spread, &|| bar.inc(1));

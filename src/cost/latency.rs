@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::exec::{Plan, PlanStep, StepKind};
 use crate::graph::Graph;
 use crate::ops::{numel, Op};
+use crate::spec::Document;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -162,43 +163,28 @@ pub fn embedded_devices() -> &'static [(&'static str, &'static str)] {
 impl Device {
     /// Parses a profile; an error names `origin`, the line and the key.
     pub fn parse(text: &str, origin: &str) -> Result<Self> {
-        let device: Device = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| text[..s.start].lines().count().max(1));
-            let at = line.map_or(String::new(), |l| format!(":{l}"));
-            Error::input(format!("{origin}{at}: {}", e.message()))
-        })?;
-        device.validate(origin)?;
-        Ok(device)
-    }
-
-    fn validate(&self, origin: &str) -> Result<()> {
+        let (device, doc): (Device, Document) = Document::parse(origin.to_string(), text, None)?;
         let version = env!("CARGO_PKG_VERSION");
-        if self.toparch_version != version {
-            return Err(Error::input(format!(
-                "{origin}: toparch_version = \"{}\" but this is toparch {version}; calibrate again",
-                self.toparch_version
-            )));
+        if device.toparch_version != version {
+            let message =
+                format!("written by toparch {} but this is {version}; calibrate again", device.toparch_version);
+            return Err(doc.error("toparch_version", message));
         }
-        if self.threads == 0 {
-            return Err(Error::input(format!("{origin}: threads must be at least 1")));
+        if device.threads == 0 {
+            return Err(doc.error("threads", "must be at least 1"));
         }
         for family in Family::ALL {
-            let fit = self
-                .families
-                .get(family.name())
-                .ok_or_else(|| Error::input(format!("{origin}: families.{} is missing", family.name())))?;
+            let key = format!("families.{}", family.name());
+            let fit = device.families.get(family.name()).ok_or_else(|| doc.error(&key, "missing"))?;
             let values = [fit.ns_per_work, fit.ns_per_byte, fit.ns_per_call];
             if values.iter().any(|v| !v.is_finite() || *v < 0.0) {
-                return Err(Error::input(format!(
-                    "{origin}: families.{}: coefficients must be finite and non-negative",
-                    family.name()
-                )));
+                return Err(doc.error(&key, "coefficients must be finite and non-negative"));
             }
         }
-        if let Some(unknown) = self.families.keys().find(|k| !Family::ALL.iter().any(|f| f.name() == *k)) {
-            return Err(Error::input(format!("{origin}: families.{unknown} is not a kernel family")));
+        if let Some(unknown) = device.families.keys().find(|k| !Family::ALL.iter().any(|f| f.name() == *k)) {
+            return Err(doc.error(&format!("families.{unknown}"), "not a kernel family"));
         }
-        Ok(())
+        Ok(device)
     }
 
     /// An embedded profile by name, or a profile file.
@@ -331,11 +317,12 @@ fn least_squares(rows: &[[f64; 3]], targets: &[f64], free: &[usize]) -> Option<[
             return None;
         }
         a.swap(col, pivot);
-        for row in 0..n {
+        let pivot_row = a[col].clone();
+        for (row, values) in a.iter_mut().enumerate() {
             if row != col {
-                let factor = a[row][col] / a[col][col];
-                for k in col..=n {
-                    a[row][k] -= factor * a[col][k];
+                let factor = values[col] / pivot_row[col];
+                for (v, p) in values.iter_mut().zip(&pivot_row).skip(col) {
+                    *v -= factor * p;
                 }
             }
         }
@@ -415,7 +402,7 @@ mod tests {
         let err = Device::parse(&missing, "d.toml").unwrap_err().to_string();
         assert!(err.contains("families.softmax"), "{err}");
         let err = Device::parse("name = 1", "d.toml").unwrap_err().to_string();
-        assert!(err.starts_with("d.toml:1:"), "{err}");
+        assert!(err.starts_with("d.toml") && err.contains("name"), "{err}");
         assert!(Device::load("no-such-device").unwrap_err().to_string().contains("snapdragon865"));
     }
 }

@@ -296,8 +296,18 @@ impl Document {
     /// Reads `path` and deserialises it into `T`, naming the file, line and key on error.
     pub fn read<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<(T, Document)> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let identity = path.to_path_buf();
-        let source = Source::parse(path.display().to_string(), identity, &text, path.parent().map(Path::to_path_buf))?;
+        Document::parse(path.display().to_string(), &text, path.parent().map(Path::to_path_buf))
+    }
+
+    /// Deserialises `text` (from `origin`, a file name or a description) into `T`, naming `origin`, line and
+    /// key on error; `dir` is where the document names other files.
+    pub fn parse<T: for<'de> Deserialize<'de>>(
+        origin: String,
+        text: &str,
+        dir: Option<std::path::PathBuf>,
+    ) -> Result<(T, Document)> {
+        let identity = std::path::PathBuf::from(&origin);
+        let source = Source::parse(origin, identity, text, dir)?;
         let value = serde_path_to_error::deserialize(toml::Value::Table(source.table.clone())).map_err(|e| {
             let key = e.path().to_string();
             source.error(&key, first_line(&e.inner().to_string()))
