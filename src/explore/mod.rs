@@ -7,4 +7,4 @@ pub mod diff;
 pub mod sweep;
 
 pub use diff::{Delta, Diff, DiffEntry, Side};
-pub use sweep::{pareto_front, Goal, Grid, Metric, Objective, Setting, Skipped, Sweep, SweepRow};
+pub use sweep::{Goal, Grid, Metric, Objective, Setting, Skipped, Sweep, SweepRow};

@@ -350,7 +350,7 @@ fn combination(grids: &[Grid], mut index: usize) -> (Vec<Setting>, Vec<Override>
 
 /// Indices of the points no other point dominates (at most as large on both coordinates and smaller on one).
 /// Identical points share their fate.
-pub fn pareto_front(points: &[(f64, f64)]) -> Vec<usize> {
+fn pareto_front(points: &[(f64, f64)]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..points.len()).collect();
     order.sort_by(|&i, &j| points[i].0.total_cmp(&points[j].0).then(points[i].1.total_cmp(&points[j].1)));
     let mut front = Vec::new();

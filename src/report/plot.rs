@@ -241,7 +241,7 @@ pub fn pareto_svg(
     let dot = Marker { shape: Shape::Circle, color: DOT_GREY, hollow: false };
     let dots_text = match stride {
         1 => format!("variants ({})", variants.len()),
-        k => format!("variants (every {k}th of {})", variants.len()),
+        k => format!("variants (1 in {k} of {} drawn)", variants.len()),
     };
     let reference_series = first_appearance(references.iter().map(|p| p.series.as_str()));
     let front_series = front[0].series.as_str();
@@ -1229,6 +1229,26 @@ mod tests {
         assert_eq!(ok(stacked_bars_svg("t", "y", &bars)), ok(stacked_bars_svg("t", "y", &bars)));
         let lines = resolution_lines();
         assert_eq!(ok(line_svg("t", "x", "y", true, false, &lines)), ok(line_svg("t", "x", "y", true, false, &lines)));
+    }
+
+    #[test]
+    fn pareto_front_is_joined_labelled_and_strided() {
+        let variants: Vec<(f64, f64)> = (0..12_000).map(|i| (f64::from(i % 100), f64::from(i / 100))).collect();
+        let front: Vec<ScatterPoint> = (0..4)
+            .map(|i| {
+                point(&format!("depth={i}"), f64::from(i) * 25.0, 100.0 - f64::from(i) * 20.0, "Pareto front", false)
+            })
+            .collect();
+        let references = vec![point("TopFormer-B", 50.0, 90.0, "as published", false)];
+        let svg = ok(pareto_svg("front", "x", "y", &variants, &front, &references));
+        check_figure(&svg, "pareto", &["front", "Pareto front", "as published", "variants (1 in 3 of 12000 drawn)"]);
+        for label in front.iter().chain(&references).map(|p| p.label.as_str()) {
+            assert_eq!(text_count(&svg, label), 1, "{label}");
+        }
+        // 4,000 dots, the front's 4 markers and 2 in the legend (the reference is a square).
+        assert_eq!(elements(&svg, "circle", &[]), 4000 + 4 + 2);
+        assert_eq!(svg, ok(pareto_svg("front", "x", "y", &variants, &front, &references)));
+        assert!(err_text(pareto_svg("front", "x", "y", &variants, &[], &references)).contains("no Pareto front"));
     }
 
     fn err_text<T>(r: Result<T>) -> String {

@@ -11,7 +11,7 @@ pub use load::{
     embedded_specs, load_embedded, load_file, load_reference, parse_resolution, Document, EmbeddedSpec, LoadedSpec,
     SpecTemplate, MAX_SIDE,
 };
-pub use overrides::{parse_override, parse_value, KeyPath, Override};
+pub use overrides::{parse_value, KeyPath, Override};
 
 use crate::kernels::Activation;
 use serde::Deserialize;

@@ -1,6 +1,6 @@
 //! `--set KEY=VALUE` overrides: a dotted key path into a spec and a TOML value, applied after `extends`.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use std::fmt;
 use std::str::FromStr;
 
@@ -167,11 +167,6 @@ impl FromStr for Override {
         let value = parse_value(value).map_err(|e| format!("{key}: {e}"))?;
         Ok(Override { key, value })
     }
-}
-
-/// Parses `KEY=VALUE` for a flag, naming the flag on error.
-pub fn parse_override(text: &str, flag: &str) -> Result<Override> {
-    text.parse().map_err(|e| Error::input(format!("{flag} {text}: {e}")))
 }
 
 #[cfg(test)]
