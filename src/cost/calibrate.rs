@@ -6,10 +6,11 @@ use super::latency::{features, nnls3, Device, Family, FamilyFit};
 use crate::error::{Error, Result};
 use crate::exec::{Executor, NodeParams};
 use crate::graph::Graph;
-use crate::spec::load_embedded;
+use crate::spec::{load_embedded, MbBlock};
 use std::collections::BTreeMap;
 
-/// The networks and sizes calibration times (spec, height, width). Held-out checks use others.
+/// The networks and sizes calibration times (spec, height, width), plus [`STRIDED_DEPTHWISE_PROBE`].
+/// Held-out checks use others.
 pub const CALIBRATION_CASES: [(&str, usize, usize); 6] = [
     ("topformer-tiny", 512, 512),
     ("topformer-small", 512, 512),
@@ -18,6 +19,26 @@ pub const CALIBRATION_CASES: [(&str, usize, usize); 6] = [
     ("topformer-small", 384, 384),
     ("topformer-base", 384, 384),
 ];
+
+/// TopFormer-T at 512x512 with its first block (expand ratio 1, so its depthwise conv runs unfused) at stride 2:
+/// the family networks have no unfused stride-2 depthwise conv of their own.
+pub const STRIDED_DEPTHWISE_PROBE: &str = "topformer-tiny with a stride-2 first block";
+
+/// Networks calibration times, counting the probe.
+pub const CALIBRATION_RUNS: usize = CALIBRATION_CASES.len() + 1;
+
+/// The graphs calibration times, by description.
+fn calibration_graphs() -> Result<Vec<(String, Graph)>> {
+    let mut graphs = Vec::with_capacity(CALIBRATION_RUNS);
+    for (spec, h, w) in CALIBRATION_CASES {
+        graphs.push((format!("{spec} at {h}x{w}"), load_embedded(spec)?.compile(h, w)?));
+    }
+    let mut probe = load_embedded("topformer-tiny")?;
+    let first = &mut probe.spec.token_pyramid.blocks[0];
+    *first = MbBlock(first.kernel(), 1.0, first.out(), 2);
+    graphs.push((format!("{STRIDED_DEPTHWISE_PROBE} at 512x512"), probe.compile(512, 512)?));
+    Ok(graphs)
+}
 
 /// Timed runs per case (after one warm-up run).
 pub const RUNS_PER_CASE: usize = 7;
@@ -118,28 +139,27 @@ fn nearest(family: Family) -> Option<Family> {
 pub struct Calibration {
     /// The fitted profile.
     pub device: Device,
-    /// Per case: (spec, height, width, fastest total ms, median/fastest).
-    pub cases: Vec<(String, usize, usize, f64, f64)>,
+    /// Per case: (network and size, fastest total ms, median/fastest).
+    pub cases: Vec<(String, f64, f64)>,
 }
 
-/// Times [`CALIBRATION_CASES`] on `threads` threads and fits a device profile named `name`; `tick` is called
+/// Times [`CALIBRATION_CASES`] and the strided-depthwise probe on `threads` threads and fits a device profile named `name`; `tick` is called
 /// after every timed run. Refuses, naming the case, when the machine is too busy to time reliably: when a
 /// case's median run is more than `max_spread` times its fastest.
 pub fn calibrate(name: &str, threads: usize, max_spread: f64, tick: &dyn Fn()) -> Result<Calibration> {
     let mut samples = Vec::new();
     let mut cases = Vec::new();
-    for (spec, h, w) in CALIBRATION_CASES {
-        let graph = load_embedded(spec)?.compile(h, w)?;
+    for (case, graph) in calibration_graphs()? {
         let (mut timed, mut totals) = time_steps(&graph, threads, RUNS_PER_CASE, tick)?;
         totals.sort_by(f64::total_cmp);
         let spread = totals[totals.len() / 2] / totals[0];
         if !spread.is_finite() || spread > max_spread {
             return Err(Error::input(format!(
-                "calibration cannot time reliably: {spec} at {h}x{w} ran {spread:.2}x slower at the median than at \
+                "calibration cannot time reliably: {case} ran {spread:.2}x slower at the median than at \
                  its fastest (--max-spread {max_spread}); the machine is busy, no profile written"
             )));
         }
-        cases.push((spec.to_string(), h, w, totals[0], spread));
+        cases.push((case, totals[0], spread));
         samples.append(&mut timed);
     }
     let device = Device {
@@ -150,9 +170,10 @@ pub fn calibrate(name: &str, threads: usize, max_spread: f64, tick: &dyn Fn()) -
         toparch_version: env!("CARGO_PKG_VERSION").to_string(),
         date: today(),
         source: format!(
-            "toparch calibrate: median of {RUNS_PER_CASE} runs per step of TopFormer-T/S/B at 512x512 and 384x384; \
+            "toparch calibrate: median of {RUNS_PER_CASE} runs per step of TopFormer-T/S/B at 512x512 and 384x384 \
+             and {STRIDED_DEPTHWISE_PROBE}; \
              worst median/fastest run {:.2}",
-            cases.iter().map(|c| c.4).fold(1.0, f64::max)
+            cases.iter().map(|c| c.2).fold(1.0, f64::max)
         ),
         families: fit_families(&samples),
     };
