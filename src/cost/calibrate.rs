@@ -57,21 +57,36 @@ pub struct Sample {
     pub nanos: f64,
 }
 
-/// A graph's plan steps timed over `runs` warm runs on `threads` threads: per step, the median time (the
-/// model predicts `bench`'s median run). Also returns the totals of the runs, in milliseconds.
-pub fn time_steps(graph: &Graph, threads: usize, runs: usize, tick: &dyn Fn()) -> Result<(Vec<Sample>, Vec<f64>)> {
+/// A graph's timed runs: per step, the median time (the model predicts `bench`'s median run).
+#[derive(Clone, Debug)]
+pub struct TimedRuns {
+    /// One sample per step of the plan.
+    pub samples: Vec<Sample>,
+    /// Wall time of every run, milliseconds.
+    pub totals_ms: Vec<f64>,
+    /// The median over runs of the wall time outside the steps, nanoseconds.
+    pub outside_steps_ns: f64,
+}
+
+/// A graph's plan steps timed over `runs` warm runs on `threads` threads.
+pub fn time_steps(graph: &Graph, threads: usize, runs: usize, tick: &dyn Fn()) -> Result<TimedRuns> {
     let exec = Executor::new(graph, NodeParams::random(graph, 0), threads)?;
     let input = vec![0.5f32; crate::ops::numel(graph.input_shape()) as usize];
     exec.run(&input, graph.output(), &[])?;
     let plan = exec.plan();
     let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(runs); plan.steps.len()];
-    let mut totals = Vec::with_capacity(runs);
+    let mut totals_ms = Vec::with_capacity(runs);
+    let mut outside = Vec::with_capacity(runs);
     for _ in 0..runs {
+        let started = std::time::Instant::now();
         let run = exec.run(&input, graph.output(), &[])?;
+        let wall_ns = started.elapsed().as_secs_f64() * 1e9;
         for (all, stat) in times.iter_mut().zip(&run.steps) {
             all.push(stat.time.as_secs_f64() * 1e9);
         }
-        totals.push(run.steps.iter().map(|s| s.time.as_secs_f64() * 1e3).sum());
+        let steps_ns: f64 = run.steps.iter().map(|s| s.time.as_secs_f64() * 1e9).sum();
+        outside.push((wall_ns - steps_ns).max(0.0));
+        totals_ms.push(wall_ns / 1e6);
         tick();
     }
     let samples = plan
@@ -84,7 +99,7 @@ pub fn time_steps(graph: &Graph, threads: usize, runs: usize, tick: &dyn Fn()) -
             nanos: quantile(&all, 0.5),
         })
         .collect();
-    Ok((samples, totals))
+    Ok(TimedRuns { samples, totals_ms, outside_steps_ns: quantile(&outside, 0.5) })
 }
 
 /// Fits each family's cost law to its samples, relative errors weighted toward the larger steps (each row
@@ -149,8 +164,12 @@ pub struct Calibration {
 pub fn calibrate(name: &str, threads: usize, max_spread: f64, tick: &dyn Fn()) -> Result<Calibration> {
     let mut samples = Vec::new();
     let mut cases = Vec::new();
+    let (mut run_rows, mut run_targets) = (Vec::new(), Vec::new());
     for (case, graph) in calibration_graphs()? {
-        let (mut timed, mut totals) = time_steps(&graph, threads, RUNS_PER_CASE, tick)?;
+        let mut timed = time_steps(&graph, threads, RUNS_PER_CASE, tick)?;
+        run_rows.push([0.0, 4.0 * crate::ops::numel(graph.input_shape()) as f64, 1.0]);
+        run_targets.push(timed.outside_steps_ns);
+        let totals = &mut timed.totals_ms;
         totals.sort_by(f64::total_cmp);
         let spread = totals[totals.len() / 2] / totals[0];
         if !spread.is_finite() || spread > max_spread {
@@ -160,7 +179,7 @@ pub fn calibrate(name: &str, threads: usize, max_spread: f64, tick: &dyn Fn()) -
             )));
         }
         cases.push((case, totals[0], spread));
-        samples.append(&mut timed);
+        samples.append(&mut timed.samples);
     }
     let device = Device {
         name: name.to_string(),
@@ -176,6 +195,10 @@ pub fn calibrate(name: &str, threads: usize, max_spread: f64, tick: &dyn Fn()) -
             cases.iter().map(|c| c.2).fold(1.0, f64::max)
         ),
         families: fit_families(&samples),
+        run: {
+            let [_, ns_per_byte, ns_per_call] = nnls3(&run_rows, &run_targets);
+            FamilyFit { ns_per_work: 0.0, ns_per_byte, ns_per_call, samples: run_rows.len() }
+        },
     };
     Ok(Calibration { device, cases })
 }
