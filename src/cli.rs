@@ -2,7 +2,7 @@
 
 use crate::budget;
 use crate::cost::bench::{bench, BenchOptions};
-use crate::cost::calibrate::{calibrate, CALIBRATION_CASES, MAX_SPREAD, RUNS_PER_CASE};
+use crate::cost::calibrate::{calibrate, CALIBRATION_RUNS, MAX_SPREAD, RUNS_PER_CASE};
 use crate::cost::latency::embedded_devices;
 use crate::cost::{Convention, Device, Profile};
 use crate::error::{write_atomic, Error, Result};
@@ -545,9 +545,6 @@ fn progress_bar(len: usize, message: &str) -> indicatif::ProgressBar {
 
 fn bench_command(args: &BenchArgs) -> Result<String> {
     let batch = positive_batch(args.batch)?;
-    if args.runs == 0 {
-        return Err(Error::input("--runs must be at least 1"));
-    }
     let device = args.device.as_deref().map(Device::load).transpose()?;
     let threads = match (args.threads, &device) {
         (Some(0), _) => return Err(Error::input("--threads must be positive")),
@@ -585,7 +582,7 @@ fn calibrate_command(args: &CalibrateArgs) -> Result<String> {
     if args.threads == 0 {
         return Err(Error::input("--threads must be positive"));
     }
-    let bar = progress_bar(CALIBRATION_CASES.len() * RUNS_PER_CASE, "calibrate");
+    let bar = progress_bar(CALIBRATION_RUNS * RUNS_PER_CASE, "calibrate");
     let started = std::time::Instant::now();
     if args.max_spread.is_nan() || args.max_spread < 1.0 {
         return Err(Error::input("--max-spread must be at least 1"));
@@ -603,8 +600,8 @@ fn calibrate_command(args: &CalibrateArgs) -> Result<String> {
         started.elapsed().as_secs_f64(),
         args.out.display()
     );
-    for (spec, h, w, fastest, spread) in &calibration.cases {
-        out.push_str(&format!("  {spec} at {h}x{w}: fastest run {fastest:.2} ms, median/fastest {spread:.3}\n"));
+    for (case, fastest, spread) in &calibration.cases {
+        out.push_str(&format!("  {case}: fastest run {fastest:.2} ms, median/fastest {spread:.3}\n"));
     }
     Ok(out)
 }

@@ -6,10 +6,11 @@ use super::latency::{features, nnls3, Device, Family, FamilyFit};
 use crate::error::{Error, Result};
 use crate::exec::{Executor, NodeParams};
 use crate::graph::Graph;
-use crate::spec::load_embedded;
+use crate::spec::{load_embedded, MbBlock};
 use std::collections::BTreeMap;
 
-/// The networks and sizes calibration times (spec, height, width). Held-out checks use others.
+/// The networks and sizes calibration times (spec, height, width), plus [`STRIDED_DEPTHWISE_PROBE`].
+/// Held-out checks use others.
 pub const CALIBRATION_CASES: [(&str, usize, usize); 6] = [
     ("topformer-tiny", 512, 512),
     ("topformer-small", 512, 512),
@@ -18,6 +19,26 @@ pub const CALIBRATION_CASES: [(&str, usize, usize); 6] = [
     ("topformer-small", 384, 384),
     ("topformer-base", 384, 384),
 ];
+
+/// TopFormer-T at 512x512 with its first block (expand ratio 1, so its depthwise conv runs unfused) at stride 2:
+/// the family networks have no unfused stride-2 depthwise conv of their own.
+pub const STRIDED_DEPTHWISE_PROBE: &str = "topformer-tiny with a stride-2 first block";
+
+/// Networks calibration times, counting the probe.
+pub const CALIBRATION_RUNS: usize = CALIBRATION_CASES.len() + 1;
+
+/// The graphs calibration times, by description.
+fn calibration_graphs() -> Result<Vec<(String, Graph)>> {
+    let mut graphs = Vec::with_capacity(CALIBRATION_RUNS);
+    for (spec, h, w) in CALIBRATION_CASES {
+        graphs.push((format!("{spec} at {h}x{w}"), load_embedded(spec)?.compile(h, w)?));
+    }
+    let mut probe = load_embedded("topformer-tiny")?;
+    let first = &mut probe.spec.token_pyramid.blocks[0];
+    *first = MbBlock(first.kernel(), 1.0, first.out(), 2);
+    graphs.push((format!("{STRIDED_DEPTHWISE_PROBE} at 512x512"), probe.compile(512, 512)?));
+    Ok(graphs)
+}
 
 /// Timed runs per case (after one warm-up run).
 pub const RUNS_PER_CASE: usize = 7;
@@ -36,21 +57,36 @@ pub struct Sample {
     pub nanos: f64,
 }
 
-/// A graph's plan steps timed over `runs` warm runs on `threads` threads: per step, the median time (the
-/// model predicts `bench`'s median run). Also returns the totals of the runs, in milliseconds.
-pub fn time_steps(graph: &Graph, threads: usize, runs: usize, tick: &dyn Fn()) -> Result<(Vec<Sample>, Vec<f64>)> {
+/// A graph's timed runs: per step, the median time (the model predicts `bench`'s median run).
+#[derive(Clone, Debug)]
+pub struct TimedRuns {
+    /// One sample per step of the plan.
+    pub samples: Vec<Sample>,
+    /// Wall time of every run, milliseconds.
+    pub totals_ms: Vec<f64>,
+    /// The median over runs of the wall time outside the steps, nanoseconds.
+    pub outside_steps_ns: f64,
+}
+
+/// A graph's plan steps timed over `runs` warm runs on `threads` threads.
+pub fn time_steps(graph: &Graph, threads: usize, runs: usize, tick: &dyn Fn()) -> Result<TimedRuns> {
     let exec = Executor::new(graph, NodeParams::random(graph, 0), threads)?;
     let input = vec![0.5f32; crate::ops::numel(graph.input_shape()) as usize];
     exec.run(&input, graph.output(), &[])?;
     let plan = exec.plan();
     let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(runs); plan.steps.len()];
-    let mut totals = Vec::with_capacity(runs);
+    let mut totals_ms = Vec::with_capacity(runs);
+    let mut outside = Vec::with_capacity(runs);
     for _ in 0..runs {
+        let started = std::time::Instant::now();
         let run = exec.run(&input, graph.output(), &[])?;
+        let wall_ns = started.elapsed().as_secs_f64() * 1e9;
         for (all, stat) in times.iter_mut().zip(&run.steps) {
             all.push(stat.time.as_secs_f64() * 1e9);
         }
-        totals.push(run.steps.iter().map(|s| s.time.as_secs_f64() * 1e3).sum());
+        let steps_ns: f64 = run.steps.iter().map(|s| s.time.as_secs_f64() * 1e9).sum();
+        outside.push((wall_ns - steps_ns).max(0.0));
+        totals_ms.push(wall_ns / 1e6);
         tick();
     }
     let samples = plan
@@ -63,7 +99,7 @@ pub fn time_steps(graph: &Graph, threads: usize, runs: usize, tick: &dyn Fn()) -
             nanos: quantile(&all, 0.5),
         })
         .collect();
-    Ok((samples, totals))
+    Ok(TimedRuns { samples, totals_ms, outside_steps_ns: quantile(&outside, 0.5) })
 }
 
 /// Fits each family's cost law to its samples, relative errors weighted toward the larger steps (each row
@@ -118,29 +154,32 @@ fn nearest(family: Family) -> Option<Family> {
 pub struct Calibration {
     /// The fitted profile.
     pub device: Device,
-    /// Per case: (spec, height, width, fastest total ms, median/fastest).
-    pub cases: Vec<(String, usize, usize, f64, f64)>,
+    /// Per case: (network and size, fastest total ms, median/fastest).
+    pub cases: Vec<(String, f64, f64)>,
 }
 
-/// Times [`CALIBRATION_CASES`] on `threads` threads and fits a device profile named `name`; `tick` is called
+/// Times [`CALIBRATION_CASES`] and the strided-depthwise probe on `threads` threads and fits a device profile named `name`; `tick` is called
 /// after every timed run. Refuses, naming the case, when the machine is too busy to time reliably: when a
 /// case's median run is more than `max_spread` times its fastest.
 pub fn calibrate(name: &str, threads: usize, max_spread: f64, tick: &dyn Fn()) -> Result<Calibration> {
     let mut samples = Vec::new();
     let mut cases = Vec::new();
-    for (spec, h, w) in CALIBRATION_CASES {
-        let graph = load_embedded(spec)?.compile(h, w)?;
-        let (mut timed, mut totals) = time_steps(&graph, threads, RUNS_PER_CASE, tick)?;
+    let (mut run_rows, mut run_targets) = (Vec::new(), Vec::new());
+    for (case, graph) in calibration_graphs()? {
+        let mut timed = time_steps(&graph, threads, RUNS_PER_CASE, tick)?;
+        run_rows.push([0.0, 4.0 * crate::ops::numel(graph.input_shape()) as f64, 1.0]);
+        run_targets.push(timed.outside_steps_ns);
+        let totals = &mut timed.totals_ms;
         totals.sort_by(f64::total_cmp);
         let spread = totals[totals.len() / 2] / totals[0];
         if !spread.is_finite() || spread > max_spread {
             return Err(Error::input(format!(
-                "calibration cannot time reliably: {spec} at {h}x{w} ran {spread:.2}x slower at the median than at \
+                "calibration cannot time reliably: {case} ran {spread:.2}x slower at the median than at \
                  its fastest (--max-spread {max_spread}); the machine is busy, no profile written"
             )));
         }
-        cases.push((spec.to_string(), h, w, totals[0], spread));
-        samples.append(&mut timed);
+        cases.push((case, totals[0], spread));
+        samples.append(&mut timed.samples);
     }
     let device = Device {
         name: name.to_string(),
@@ -150,11 +189,16 @@ pub fn calibrate(name: &str, threads: usize, max_spread: f64, tick: &dyn Fn()) -
         toparch_version: env!("CARGO_PKG_VERSION").to_string(),
         date: today(),
         source: format!(
-            "toparch calibrate: median of {RUNS_PER_CASE} runs per step of TopFormer-T/S/B at 512x512 and 384x384; \
+            "toparch calibrate: median of {RUNS_PER_CASE} runs per step of TopFormer-T/S/B at 512x512 and 384x384 \
+             and {STRIDED_DEPTHWISE_PROBE}; \
              worst median/fastest run {:.2}",
-            cases.iter().map(|c| c.4).fold(1.0, f64::max)
+            cases.iter().map(|c| c.2).fold(1.0, f64::max)
         ),
         families: fit_families(&samples),
+        run: {
+            let [_, ns_per_byte, ns_per_call] = nnls3(&run_rows, &run_targets);
+            FamilyFit { ns_per_work: 0.0, ns_per_byte, ns_per_call, samples: run_rows.len() }
+        },
     };
     Ok(Calibration { device, cases })
 }

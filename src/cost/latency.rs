@@ -147,6 +147,9 @@ pub struct Device {
     pub source: String,
     /// Cost law per family, by [`Family::name`].
     pub families: BTreeMap<String, FamilyFit>,
+    /// What a run costs outside its steps (the input's copy, the schedule): `ns_per_byte` of input and
+    /// `ns_per_call` per run; `ns_per_work` is unused.
+    pub run: FamilyFit,
 }
 
 macro_rules! embed_devices {
@@ -173,9 +176,9 @@ impl Device {
         if device.threads == 0 {
             return Err(doc.error("threads", "must be at least 1"));
         }
-        for family in Family::ALL {
-            let key = format!("families.{}", family.name());
-            let fit = device.families.get(family.name()).ok_or_else(|| doc.error(&key, "missing"))?;
+        let fits = Family::ALL.iter().map(|f| (format!("families.{}", f.name()), device.families.get(f.name())));
+        for (key, fit) in fits.chain([("run".to_string(), Some(&device.run))]) {
+            let fit = fit.ok_or_else(|| doc.error(&key, "missing"))?;
             let values = [fit.ns_per_work, fit.ns_per_byte, fit.ns_per_call];
             if values.iter().any(|v| !v.is_finite() || *v < 0.0) {
                 return Err(doc.error(&key, "coefficients must be finite and non-negative"));
@@ -217,7 +220,7 @@ impl Device {
     /// Every coefficient multiplied by `scale`, as a device `scale` times slower would need.
     pub fn scaled(&self, scale: f64) -> Device {
         let mut device = self.clone();
-        for fit in device.families.values_mut() {
+        for fit in device.families.values_mut().chain([&mut device.run]) {
             fit.ns_per_work *= scale;
             fit.ns_per_byte *= scale;
             fit.ns_per_call *= scale;
@@ -231,7 +234,9 @@ impl Device {
 pub struct Prediction {
     /// Predicted milliseconds per node: a step's time goes to its first node, nodes fused into it get 0.
     pub node_ms: Vec<f64>,
-    /// Predicted milliseconds of the whole graph.
+    /// Predicted milliseconds of a run outside its steps (included in the total, in no layer).
+    pub run_ms: f64,
+    /// Predicted milliseconds of the whole graph: every step and the run's own cost.
     pub total_ms: f64,
     /// Of the total, the final resize of a segmentor's logits to the input size (0 for a classifier).
     pub final_resize_ms: f64,
@@ -248,7 +253,8 @@ impl Prediction {
             let ms = device.fit(Family::of(step, graph)).nanos(features(step, graph)) / 1e6;
             node_ms[step.nodes[0].index()] += ms;
         }
-        let total_ms = node_ms.iter().sum();
+        let run_ms = device.run.nanos([0.0, 4.0 * numel(graph.input_shape()) as f64, 1.0]) / 1e6;
+        let total_ms = node_ms.iter().sum::<f64>() + run_ms;
         let output = graph.node(graph.output());
         let (final_resize_ms, argmax_ms) = match output.op {
             Op::Resize(_) => {
@@ -259,7 +265,7 @@ impl Prediction {
             }
             _ => (0.0, 0.0),
         };
-        Prediction { node_ms, total_ms, final_resize_ms, argmax_ms }
+        Prediction { node_ms, run_ms, total_ms, final_resize_ms, argmax_ms }
     }
 
     /// The network as the paper times it: everything but the final resize.
@@ -398,6 +404,9 @@ mod tests {
         let other_version = text.replace(env!("CARGO_PKG_VERSION"), "0.0.1");
         let err = Device::parse(&other_version, "d.toml").unwrap_err().to_string();
         assert!(err.contains("d.toml") && err.contains("toparch_version"), "{err}");
+        let missing = text.replace("[run]", "[runs]");
+        let err = Device::parse(&missing, "d.toml").unwrap_err().to_string();
+        assert!(err.contains("run"), "{err}");
         let missing = text.replace("[families.softmax]", "[families.softmaxx]");
         let err = Device::parse(&missing, "d.toml").unwrap_err().to_string();
         assert!(err.contains("families.softmax"), "{err}");
