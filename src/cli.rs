@@ -1,19 +1,28 @@
 //! The `toparch` command line.
 
 use crate::budget;
-use crate::cost::{Convention, Profile};
+use crate::cost::bench::{bench, BenchOptions};
+use crate::cost::calibrate::{calibrate, CALIBRATION_RUNS, MAX_SPREAD, RUNS_PER_CASE};
+use crate::cost::latency::embedded_devices;
+use crate::cost::{Convention, Device, Profile};
 use crate::error::{write_atomic, Error, Result};
 use crate::exec::image_io::{colourise, decode_image, overlay, palette, prepare, with_legend, write_png};
 use crate::exec::weights::{read_tensors, write_safetensors};
 use crate::exec::{argmax_resized, read_input, Executor, NodeParams};
 use crate::export::{export_model, ExportOptions, Opset};
+use crate::explore::{Diff, Goal, Grid, Metric, Objective, Sweep};
 use crate::graph::Graph;
+use crate::report::bench::BenchReport;
 use crate::report::document::write_report;
+use crate::report::explore::{
+    diff_json, render_diff, sweep_csv, sweep_json, sweep_markdown, sweep_summary, write_sweep, DiffSide,
+};
 use crate::report::json::profile_json;
+use crate::report::mobile::derive_snapdragon865;
 use crate::report::table::{render_profile, Style};
 use crate::report::timing::render_timing;
 use crate::report::Depth;
-use crate::spec::{embedded_specs, load_embedded, load_file, parse_resolution, LoadedSpec, Task};
+use crate::spec::{embedded_specs, load_embedded, parse_resolution, LoadedSpec, Override, SpecTemplate, Task};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use prost::Message;
 use image::RgbImage;
@@ -40,12 +49,77 @@ enum Command {
     Graph(SpecArgs),
     /// Run the network: logits to .safetensors, or a coloured class map to .png.
     Forward(ForwardArgs),
+    /// Compare two networks per stage and block: params, FLOPs under every convention, deltas.
+    Diff(DiffArgs),
+    /// Profile the Cartesian product of grids of spec overrides and find the Pareto front.
+    Sweep(SweepArgs),
     /// Check FLOP and parameter budgets; exits 1 when one is exceeded.
     Check(CheckArgs),
     /// Write the markdown report and its SVG figures.
     Report(ReportArgs),
     /// Write the network as an ONNX model (with official weight names) for onnxruntime, TNN, NCNN, MNN.
     Export(ExportArgs),
+    /// Measure the executor's latency and memory: cold run, warm distribution, per stage.
+    Bench(BenchArgs),
+    /// Time the executor's kernel families on this machine and write a device profile for `--device`.
+    Calibrate(CalibrateArgs),
+    /// List the embedded device profiles.
+    Devices,
+    /// Derive the snapdragon865 profile from a local one-thread profile and the published TopFormer latencies.
+    DeriveDevice(DeriveDeviceArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    #[command(flatten)]
+    spec: SpecArgs,
+    /// Checkpoint (.safetensors or .pth); without it, seeded random weights (timing does not depend on them).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Images per run; the executor runs them one after another.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Worker threads (default: the device profile's, else all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Warm runs measured.
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+    /// Warm runs discarded first.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// A device profile (embedded name or file): predictions beside the measurements.
+    #[arg(long)]
+    device: Option<String>,
+    /// Output format.
+    #[arg(long, short = 'f', value_enum, default_value = "table")]
+    format: CheckFormat,
+}
+
+#[derive(Args, Debug)]
+struct CalibrateArgs {
+    /// Worker threads to calibrate for.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// The device profile to write.
+    #[arg(long, default_value = "device.toml")]
+    out: PathBuf,
+    /// The profile's name.
+    #[arg(long, default_value = "local")]
+    name: String,
+    /// Refuse when a network's median run is more than this many times its fastest (a busy machine).
+    #[arg(long, default_value_t = MAX_SPREAD)]
+    max_spread: f64,
+}
+
+#[derive(Args, Debug)]
+struct DeriveDeviceArgs {
+    /// A one-thread profile written by `toparch calibrate --threads 1`.
+    #[arg(long)]
+    from: String,
+    /// The profile to write.
+    #[arg(long, default_value = "specs/devices/snapdragon865.toml")]
+    out: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -114,16 +188,26 @@ pub struct SpecArgs {
     /// Override the number of classes.
     #[arg(long)]
     classes: Option<usize>,
+    /// Override a spec key, after `extends` and before validation: `semantics_extractor.depth=3`,
+    /// `head.channels=96`, `token_pyramid.blocks=[[3,1,16,1],[3,4,16,2]]`. The value is TOML. Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<Override>,
 }
 
 impl SpecArgs {
-    /// Loads the spec and applies `--classes`.
-    pub fn load(&self) -> Result<LoadedSpec> {
-        let mut loaded = match (&self.variant, &self.spec) {
-            (_, Some(path)) => load_file(path)?,
-            (Some(name), None) => load_embedded(name)?,
-            (None, None) => return Err(Error::input("name a network with --variant NAME or --spec FILE")),
-        };
+    /// The named spec with its `extends` merged, before `--set`.
+    pub fn template(&self) -> Result<SpecTemplate> {
+        match (&self.variant, &self.spec) {
+            (_, Some(path)) => SpecTemplate::file(path),
+            (Some(name), None) => SpecTemplate::embedded(name),
+            (None, None) => Err(Error::input("name a network with --variant NAME or --spec FILE")),
+        }
+    }
+
+    /// Instantiates `template` with `--set` and then `extra` overrides, and applies `--classes`.
+    pub fn instantiate(&self, template: &SpecTemplate, extra: &[Override]) -> Result<LoadedSpec> {
+        let overrides: Vec<Override> = self.set.iter().chain(extra).cloned().collect();
+        let mut loaded = template.instantiate(&overrides)?;
         if let Some(classes) = self.classes {
             if classes == 0 {
                 return Err(Error::input("--classes must be positive"));
@@ -131,6 +215,11 @@ impl SpecArgs {
             loaded.spec.set_num_classes(classes);
         }
         Ok(loaded)
+    }
+
+    /// Loads the spec with `--set` and `--classes` applied.
+    pub fn load(&self) -> Result<LoadedSpec> {
+        self.instantiate(&self.template()?, &[])
     }
 
     /// `--res` parsed, if given.
@@ -150,6 +239,141 @@ impl SpecArgs {
         let graph = loaded.compile_batch(batch, h, w)?;
         Ok((loaded, graph))
     }
+}
+
+/// `res` if given, else the spec's first published resolution, else 512².
+fn input_size(res: Option<&str>, loaded: &LoadedSpec) -> Result<(usize, usize)> {
+    res.map(parse_resolution).transpose().map(|r| r.unwrap_or_else(|| loaded.spec.default_resolution()))
+}
+
+/// Compare two networks.
+#[derive(Args, Debug)]
+struct DiffArgs {
+    /// Network A: an embedded spec name (see `toparch list`) or a spec file.
+    a: String,
+    /// Network B: an embedded spec name or a spec file.
+    b: String,
+    /// Override a key of both specs (KEY=VALUE, the value TOML). Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<Override>,
+    /// Override a key of A only. Repeatable.
+    #[arg(long = "set-a", value_name = "KEY=VALUE")]
+    set_a: Vec<Override>,
+    /// Override a key of B only. Repeatable.
+    #[arg(long = "set-b", value_name = "KEY=VALUE")]
+    set_b: Vec<Override>,
+    /// Input resolution of both: 512 or HxW. Defaults to A's first published resolution, else 512.
+    #[arg(long, short = 'r')]
+    res: Option<String>,
+    /// Counting convention of the per-stage and per-block FLOPs (totals show every convention).
+    #[arg(long, short = 'c', value_enum, default_value = "paper")]
+    convention: Convention,
+    /// A device profile (embedded name, see `toparch devices`, or file): predicted latency of both.
+    #[arg(long)]
+    device: Option<String>,
+    /// Output format.
+    #[arg(long, short = 'f', value_enum, default_value = "table")]
+    format: Format,
+}
+
+fn diff(args: &DiffArgs) -> Result<String> {
+    let load = |name: &str, own: &[Override]| -> Result<(LoadedSpec, Vec<Override>)> {
+        let overrides: Vec<Override> = args.set.iter().chain(own).cloned().collect();
+        Ok((SpecTemplate::reference(name, Path::new("."))?.instantiate(&overrides)?, overrides))
+    };
+    let (a, set_a) = load(&args.a, &args.set_a)?;
+    let (b, set_b) = load(&args.b, &args.set_b)?;
+    let (h, w) = input_size(args.res.as_deref(), &a)?;
+    let device = args.device.as_deref().map(Device::load).transpose()?;
+    let profile = |loaded: &LoadedSpec| -> Result<Profile> {
+        let graph = loaded.compile(h, w)?;
+        let mut profile = Profile::new(&graph, &loaded.spec)?;
+        if let Some(device) = &device {
+            profile.predict(&graph, device);
+        }
+        Ok(profile)
+    };
+    let (profile_a, profile_b) = (profile(&a)?, profile(&b)?);
+    let side = |profile, set: &[Override]| DiffSide { profile, set: set.iter().map(Override::describe).collect() };
+    let (side_a, side_b) = (side(&profile_a, &set_a), side(&profile_b, &set_b));
+    let diff = Diff::new(&profile_a, &profile_b);
+    Ok(match args.format {
+        Format::Table => render_diff(&diff, &side_a, &side_b, args.convention, Style::Terminal),
+        Format::Markdown => render_diff(&diff, &side_a, &side_b, args.convention, Style::Markdown),
+        Format::Json => diff_json(&diff, &side_a, &side_b),
+    })
+}
+
+/// Profile every combination of grids of overrides.
+#[derive(Args, Debug)]
+struct SweepArgs {
+    #[command(flatten)]
+    spec: SpecArgs,
+    /// A key and the values it takes (`semantics_extractor.depth=2,3,4`); keys joined by `+` take each value
+    /// together (`injection.channels+head.channels=128,192`). Repeatable: the sweep is the Cartesian product.
+    #[arg(long = "grid", value_name = "KEY=V1,V2,…", required = true)]
+    grid: Vec<Grid>,
+    /// Format of the table printed to standard output.
+    #[arg(long, short = 'f', value_enum, default_value = "csv")]
+    format: SweepFormat,
+    /// Also write sweep.csv, sweep.md and pareto.svg (the Pareto front) into this directory.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// A device profile (embedded name, see `toparch devices`, or file): predicted latency per row.
+    #[arg(long)]
+    device: Option<String>,
+    /// The Pareto front's x metric (default: latency with --device, else params).
+    #[arg(long, value_enum)]
+    x: Option<Metric>,
+    /// Whether a smaller or larger x is better (`max` with params: the most capacity for the FLOPs).
+    #[arg(long, value_enum, default_value = "min")]
+    x_goal: Goal,
+    /// The Pareto front's y metric.
+    #[arg(long, value_enum, default_value = "paper")]
+    y: Metric,
+    /// Whether a smaller or larger y is better.
+    #[arg(long, value_enum, default_value = "min")]
+    y_goal: Goal,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum SweepFormat {
+    Csv,
+    Json,
+    Markdown,
+}
+
+fn sweep(args: &SweepArgs) -> Result<String> {
+    let template = args.spec.template()?;
+    let base = args.spec.instantiate(&template, &[])?;
+    let res = input_size(args.spec.res.as_deref(), &base)?;
+    let device = args.device.as_deref().map(Device::load).transpose()?;
+    let x = args.x.unwrap_or(if device.is_some() { Metric::Latency } else { Metric::Params });
+    let progress = progress_bar(Sweep::size(&args.grid)?, "sweep");
+    let base_set: Vec<Override> = args.spec.set.clone();
+    let sweep = Sweep::run(
+        &base.spec.name,
+        args.grid.clone(),
+        res,
+        device.as_ref(),
+        (Objective { metric: x, goal: args.x_goal }, Objective { metric: args.y, goal: args.y_goal }),
+        |overrides| template.check_schema(&[base_set.as_slice(), overrides].concat()),
+        |overrides| args.spec.instantiate(&template, overrides),
+        || progress.inc(1),
+    );
+    progress.finish_and_clear();
+    let sweep = sweep?;
+    if let Some(dir) = &args.out {
+        for path in write_sweep(&sweep, dir)? {
+            eprintln!("wrote {}", path.display());
+        }
+    }
+    eprintln!("{}", sweep_summary(&sweep));
+    Ok(match args.format {
+        SweepFormat::Csv => sweep_csv(&sweep),
+        SweepFormat::Json => sweep_json(&sweep),
+        SweepFormat::Markdown => sweep_markdown(&sweep),
+    })
 }
 
 #[derive(Args, Debug)]
@@ -503,6 +727,9 @@ struct ProfileArgs {
     /// Images per batch: counts and bytes for the whole batch (params unchanged).
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// A device profile (embedded name, see `toparch devices`, or file): predicted latency per row.
+    #[arg(long)]
+    device: Option<String>,
 }
 
 /// `--batch` checked: a batch holds at least one image.
@@ -549,12 +776,106 @@ fn list() -> String {
 
 fn profile(args: &ProfileArgs) -> Result<String> {
     let (loaded, graph) = args.spec.compile_batch(positive_batch(args.batch)?)?;
-    let profile = Profile::new(&graph, &loaded.spec)?;
+    let mut profile = Profile::new(&graph, &loaded.spec)?;
+    if let Some(device) = &args.device {
+        profile.predict(&graph, &Device::load(device)?);
+    }
     Ok(match args.format {
         Format::Table => render_profile(&profile, args.convention, args.depth, Style::Terminal),
         Format::Markdown => render_profile(&profile, args.convention, args.depth, Style::Markdown),
         Format::Json => profile_json(&profile, args.convention, args.depth),
     })
+}
+
+/// A progress bar on stderr, drawn only when stderr is a terminal.
+fn progress_bar(len: usize, message: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len as u64);
+    let style = indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_message(message.to_string());
+    bar
+}
+
+fn bench_command(args: &BenchArgs) -> Result<String> {
+    let batch = positive_batch(args.batch)?;
+    let device = args.device.as_deref().map(Device::load).transpose()?;
+    let threads = match (args.threads, &device) {
+        (Some(0), _) => return Err(Error::input("--threads must be positive")),
+        (Some(t), Some(d)) if t != d.threads => {
+            return Err(Error::input(format!(
+            "--threads {t}: device profile '{}' was calibrated for {} thread(s); calibrate for {t} or drop --threads",
+            d.name, d.threads
+        )))
+        }
+        (Some(t), _) => t,
+        (None, Some(d)) => d.threads,
+        (None, None) => std::thread::available_parallelism().map_or(1, usize::from),
+    };
+    let (loaded, graph) = args.spec.compile()?;
+    let params = match &args.weights {
+        Some(path) => NodeParams::from_tensors(&graph, read_tensors(path)?, &path.display().to_string())?,
+        None => NodeParams::random(&graph, 0),
+    };
+    let mut profile = Profile::new(&graph, &loaded.spec)?;
+    if let Some(device) = &device {
+        profile.predict(&graph, device);
+    }
+    let options = BenchOptions { batch, threads, runs: args.runs, warmup: args.warmup };
+    let bar = progress_bar(1 + args.warmup + args.runs, "bench");
+    let result = bench(&graph, params, options, &|| bar.inc(1))?;
+    bar.finish_and_clear();
+    let report = BenchReport { profile: &profile, batch, threads, result: &result };
+    Ok(match args.format {
+        CheckFormat::Table => report.table(),
+        CheckFormat::Json => report.json(),
+    })
+}
+
+fn calibrate_command(args: &CalibrateArgs) -> Result<String> {
+    if args.threads == 0 {
+        return Err(Error::input("--threads must be positive"));
+    }
+    let bar = progress_bar(CALIBRATION_RUNS * RUNS_PER_CASE, "calibrate");
+    let started = std::time::Instant::now();
+    if args.max_spread.is_nan() || args.max_spread < 1.0 {
+        return Err(Error::input("--max-spread must be at least 1"));
+    }
+    let calibration = calibrate(&args.name, args.threads, args.max_spread, &|| bar.inc(1));
+    bar.finish_and_clear();
+    let calibration = calibration?;
+    write_atomic(&args.out, calibration.device.to_toml().as_bytes())?;
+    let mut out = format!(
+        "calibrated '{}' on {} ({}), {} thread(s), in {:.1} s → {}\n",
+        calibration.device.name,
+        calibration.device.cpu,
+        calibration.device.isa,
+        args.threads,
+        started.elapsed().as_secs_f64(),
+        args.out.display()
+    );
+    for (case, fastest, spread) in &calibration.cases {
+        out.push_str(&format!("  {case}: fastest run {fastest:.2} ms, median/fastest {spread:.3}\n"));
+    }
+    Ok(out)
+}
+
+fn devices() -> String {
+    embedded_devices()
+        .iter()
+        .map(|(name, _)| match Device::load(name) {
+            Ok(d) => format!("{name:<16} {} thread(s), {} ({}), {}\n", d.threads, d.cpu, d.isa, d.date),
+            Err(e) => format!("{name:<16} (invalid: {e})\n"),
+        })
+        .collect()
+}
+
+fn derive_device_command(args: &DeriveDeviceArgs) -> Result<String> {
+    let local = Device::load(&args.from)?;
+    let derived = derive_snapdragon865(&local)?;
+    write_atomic(&args.out, derived.to_toml().as_bytes())?;
+    Ok(format!("wrote {} ({})\n", args.out.display(), derived.source))
 }
 
 fn run(cli: Cli) -> Result<Outcome> {
@@ -563,8 +884,14 @@ fn run(cli: Cli) -> Result<Outcome> {
         Command::Profile(args) => profile(&args).map(Outcome::from),
         Command::Graph(args) => Ok(args.compile()?.1.to_dot().into()),
         Command::Forward(args) => forward(&args),
+        Command::Diff(args) => diff(&args).map(Outcome::from),
+        Command::Sweep(args) => sweep(&args).map(Outcome::from),
         Command::Check(args) => check(&args),
         Command::Export(args) => export(&args).map(Outcome::from),
+        Command::Bench(args) => bench_command(&args).map(Outcome::from),
+        Command::Calibrate(args) => calibrate_command(&args).map(Outcome::from),
+        Command::Devices => Ok(devices().into()),
+        Command::DeriveDevice(args) => derive_device_command(&args).map(Outcome::from),
         Command::Report(args) => {
             let written = write_report(&args.out)?;
             Ok(written.iter().map(|p| format!("wrote {}\n", p.display())).collect::<String>().into())

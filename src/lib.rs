@@ -6,6 +6,7 @@ pub mod cost;
 pub mod error;
 pub mod exec;
 pub mod export;
+pub mod explore;
 pub mod graph;
 pub mod kernels;
 pub mod ops;

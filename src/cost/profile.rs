@@ -1,6 +1,7 @@
 //! Aggregating a graph's per-node costs into totals, stages, blocks and layers, and checking them
 //! against published figures.
 
+use super::latency::{Device, Prediction};
 use super::memory::Memory;
 use super::{Convention, Cost};
 use crate::error::{Error, Result};
@@ -22,6 +23,8 @@ pub struct Group {
     pub cost: Cost,
     /// f32 output bytes of its layers, summed.
     pub activation_bytes: u64,
+    /// Predicted milliseconds on the profile's device, when one was given.
+    pub latency_ms: Option<f64>,
     /// Output shape of the group's last node, batch dropped.
     pub output_shape: Vec<usize>,
 }
@@ -43,6 +46,8 @@ pub struct Layer {
     pub cost: Cost,
     /// f32 output bytes.
     pub activation_bytes: u64,
+    /// Predicted milliseconds on the profile's device (0 for a layer fused into the one before it).
+    pub latency_ms: Option<f64>,
     /// Output shape, batch dropped.
     pub output_shape: Vec<usize>,
 }
@@ -89,6 +94,19 @@ pub struct Profile {
     pub published: Vec<Comparison>,
     /// Parameter, buffer and activation memory.
     pub memory: Memory,
+    /// Predicted latency, when a device was given.
+    pub latency: Option<Latency>,
+}
+
+/// A profile's predicted latency on a device.
+#[derive(Clone, Debug)]
+pub struct Latency {
+    /// The device profile's name.
+    pub device: String,
+    /// The threads it was calibrated for.
+    pub threads: usize,
+    /// The prediction.
+    pub prediction: Prediction,
 }
 
 fn grouped(layers: &[Layer], key: impl Fn(&Layer) -> &str) -> Vec<Group> {
@@ -100,6 +118,7 @@ fn grouped(layers: &[Layer], key: impl Fn(&Layer) -> &str) -> Vec<Group> {
                 g.params += layer.params;
                 g.cost += layer.cost;
                 g.activation_bytes += layer.activation_bytes;
+                g.latency_ms = g.latency_ms.zip(layer.latency_ms).map(|(a, b)| a + b);
                 g.output_shape = layer.output_shape.clone();
             }
             None => groups.push(Group {
@@ -108,6 +127,7 @@ fn grouped(layers: &[Layer], key: impl Fn(&Layer) -> &str) -> Vec<Group> {
                 params: layer.params,
                 cost: layer.cost,
                 activation_bytes: layer.activation_bytes,
+                latency_ms: layer.latency_ms,
                 output_shape: layer.output_shape.clone(),
             }),
         }
@@ -129,6 +149,7 @@ impl Profile {
                 params: n.learnable_params(),
                 cost: n.cost,
                 activation_bytes: 4 * numel(&n.shape),
+                latency_ms: None,
                 output_shape: n.shape[1..].to_vec(),
             })
             .collect();
@@ -161,7 +182,21 @@ impl Profile {
             layers,
             published,
             memory,
+            latency: None,
         })
+    }
+
+    /// Adds the latency `device` predicts for `graph` (the graph this profile was made from) to every layer,
+    /// block, stage and the total.
+    pub fn predict(&mut self, graph: &Graph, device: &Device) {
+        let prediction = Prediction::new(graph, device);
+        let node_ms = graph.nodes().filter(|(_, n)| n.op != Op::Input).map(|(i, _)| prediction.node_ms[i.index()]);
+        for (layer, ms) in self.layers.iter_mut().zip(node_ms) {
+            layer.latency_ms = Some(ms);
+        }
+        self.stages = grouped(&self.layers, |l| l.stage.name());
+        self.blocks = grouped(&self.layers, |l| &l.block);
+        self.latency = Some(Latency { device: device.name.clone(), threads: device.threads, prediction });
     }
 
     /// Total count under `convention`.

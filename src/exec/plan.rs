@@ -256,3 +256,56 @@ impl<'g> Planner<'g> {
         nodes
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::compile;
+    use crate::spec::load_embedded;
+
+    #[test]
+    fn every_node_runs_once_and_every_buffer_is_released_once() {
+        let graph = compile(&load_embedded("small").unwrap().spec, 97, 131).unwrap();
+        let plan = Plan::new(&graph);
+        let mut covered: Vec<NodeIndex> = plan.steps.iter().flat_map(|s| s.nodes.iter().copied()).collect();
+        covered.sort();
+        let all: Vec<NodeIndex> = graph.nodes().skip(1).map(|(i, _)| i).collect();
+        assert_eq!(covered, all, "each node in exactly one step");
+        let output = graph.output();
+        let schedule = plan.schedule(&graph, output, &[output]);
+        let mut released: Vec<NodeIndex> = Vec::new();
+        for s in &schedule.steps {
+            let step = &plan.steps[s.step];
+            for &i in s.frees.iter().chain(&s.reuses) {
+                assert!(step.reads.contains(&i), "a step releases only what it reads");
+                assert!(!released.contains(&i), "{i:?} released twice");
+                released.push(i);
+            }
+        }
+        // Everything read is released, except the kept output; nothing else stays.
+        let read: std::collections::BTreeSet<NodeIndex> =
+            plan.steps.iter().flat_map(|s| s.reads.iter().copied()).collect();
+        assert_eq!(released.len(), read.len());
+        assert!(!released.contains(&output));
+        // In-place reuse happens, and only for buffers of the output's size.
+        let reused: Vec<_> =
+            schedule.steps.iter().filter_map(|s| s.reuses.map(|i| (i, plan.steps[s.step].output()))).collect();
+        assert!(!reused.is_empty());
+        for (input, out) in reused {
+            assert_eq!(numel(&graph.node(input).shape), numel(&graph.node(out).shape));
+        }
+    }
+
+    #[test]
+    fn keeping_an_output_keeps_its_buffer_alive() {
+        let graph = compile(&load_embedded("tiny").unwrap().spec, 64, 64).unwrap();
+        let plan = Plan::new(&graph);
+        let logits = graph.tap_node("logits").unwrap();
+        let tap = graph.tap_node("tpm.out1").unwrap();
+        let schedule = plan.schedule(&graph, logits, &[tap]);
+        assert!(schedule.steps.iter().all(|s| !s.frees.contains(&tap) && s.reuses != Some(tap)));
+        let (lives, outputs) = schedule.buffers(&plan, &graph);
+        let position = schedule.steps.iter().position(|s| plan.steps[s.step].output() == tap).unwrap();
+        assert_eq!(lives[outputs[position]].last, schedule.steps.len() - 1);
+    }
+}

@@ -2,20 +2,143 @@
 
 use super::baselines::{embedded_baselines, Baseline, Baselines, Family, Plot};
 use super::format::{percent, si, thousands};
-use super::plot::{family_style, line_svg, scatter_svg, stacked_bars_svg, LineDash, LineSeries, StackedBar};
+use super::mobile::mobile_rows;
+use super::plot::{
+    family_style, line_svg, scatter_svg, stacked_bars_svg, LineDash, LineSeries, ScatterPoint, StackedBar,
+};
 use super::rows::{breakdown, published, Depth, Rows};
 use super::table::markdown_table;
-use crate::cost::{Convention, Profile};
+use crate::cost::{Convention, Device, Prediction, Profile};
 use crate::error::{write_atomic, Error, Result};
+use crate::explore::{Goal, Grid, Metric, Objective, Sweep, SweepRow};
 use crate::graph::compile;
-use crate::spec::{embedded_specs, load_embedded, parse_resolution, Spec};
+use crate::report::explore::{pareto_figure, pareto_title};
+use crate::spec::{embedded_specs, load_embedded, parse_resolution, Spec, SpecTemplate};
 use std::path::{Path, PathBuf};
 
 /// The ADE20K variants the report compares, by embedded spec name and short label.
-const VARIANTS: [(&str, &str); 3] = [("topformer-tiny", "T"), ("topformer-small", "S"), ("topformer-base", "B")];
+pub(crate) const VARIANTS: [(&str, &str); 3] =
+    [("topformer-tiny", "T"), ("topformer-small", "S"), ("topformer-base", "B")];
+
+/// The embedded device profile of the paper's latency setting.
+const SNAPDRAGON: &str = "snapdragon865";
 
 /// Resolutions of the FLOPs-vs-resolution sweep (square inputs).
 const SWEEP: [usize; 7] = [256, 384, 512, 768, 1024, 1536, 2048];
+
+/// The worked design-space sweep around TopFormer-B: transformer depth × heads × injection/head width at 512².
+const DESIGN_SPACE_GRIDS: [&str; 3] = [
+    "semantics_extractor.depth=2,4,6",
+    "semantics_extractor.num_heads=4,8",
+    "injection.channels+head.channels=128,192,256",
+];
+
+/// TopFormer-B's own values of [`DESIGN_SPACE_GRIDS`], in grid order.
+const BASE_VALUES: [i64; 3] = [4, 8, 256];
+
+/// File name of the design-space figure.
+const DESIGN_SPACE_FIGURE: &str = "design-space-base.svg";
+
+/// Sweeps [`DESIGN_SPACE_GRIDS`] around TopFormer-B; the front is the most parameters (capacity) for the fewest
+/// paper FLOPs.
+fn design_space() -> Result<Sweep> {
+    let template = SpecTemplate::embedded("topformer-base")?;
+    let grids = DESIGN_SPACE_GRIDS.iter().map(|g| g.parse().map_err(Error::input)).collect::<Result<Vec<Grid>>>()?;
+    let axes = (Objective { metric: Metric::Params, goal: Goal::Max }, Objective::min(Metric::Paper));
+    Sweep::run(
+        "topformer-base",
+        grids,
+        (512, 512),
+        None,
+        axes,
+        |o| template.check_schema(o),
+        |o| template.instantiate(o),
+        || {},
+    )
+}
+
+/// The report's design-space section: the figure, what it shows, and the front as a table.
+fn design_space_section(sweep: &Sweep) -> String {
+    let grids: Vec<String> = DESIGN_SPACE_GRIDS.iter().map(|g| format!("--grid {g}")).collect();
+    let mut md = format!(
+        "\n## Design space around TopFormer-B\n\n\
+         `toparch sweep --variant base --res 512 {} --x-goal max` profiles these {} variants. Without accuracy, the useful front of two costs is the most parameters (capacity) for the FLOPs: \
+         a variant off the front buys its FLOPs less capacity than one on it.\n\n![Design space around \
+         TopFormer-B]({DESIGN_SPACE_FIGURE})\n\n",
+        grids.join(" "),
+        sweep.rows.len()
+    );
+    md.push_str(&design_space_findings(sweep));
+    md.push_str("\n\nThe front, by FLOPs:\n\n");
+    let mut front = Rows {
+        header: sweep
+            .grids
+            .iter()
+            .map(|g| format!("`{}`", g.label))
+            .chain(["params".into(), "FLOPs (paper)".into()])
+            .collect(),
+        body: vec![],
+        total: vec![],
+    };
+    for row in sweep.front() {
+        let mut cells: Vec<String> = row.set.iter().map(|(_, v)| v.to_string()).collect();
+        cells.extend([thousands(row.params), thousands(row.cost.paper)]);
+        front.body.push(cells);
+    }
+    md.push_str(&markdown_table(&front));
+    md
+}
+
+/// What the sweep shows, in figures taken from it: where TopFormer-B sits against the front, and which knob the
+/// front spends FLOPs on.
+fn design_space_findings(sweep: &Sweep) -> String {
+    let values = |row: &SweepRow| -> Vec<i64> { row.set.iter().filter_map(|(_, v)| v.as_integer()).collect() };
+    let Some(base) = sweep.rows.iter().find(|r| values(r) == BASE_VALUES) else {
+        return String::new();
+    };
+    let front = sweep.front();
+    let widths = sweep.grids[2].values.iter().filter_map(toml::Value::as_integer);
+    let Some(narrowest_width) = widths.min() else {
+        return String::new();
+    };
+    let narrowest = front.iter().filter(|r| values(r)[2] == narrowest_width).count();
+    let mut text = format!(
+        "TopFormer-B itself (depth {}, {} heads, {} channels: {} params, {} FLOPs) is {} the front. ",
+        BASE_VALUES[0],
+        BASE_VALUES[1],
+        BASE_VALUES[2],
+        si(base.params),
+        si(base.cost.paper),
+        if base.pareto { "on" } else { "off" }
+    );
+    if let Some(better) = front.iter().filter(|r| r.cost.paper <= base.cost.paper).max_by_key(|r| r.params) {
+        if !base.pareto {
+            let v = values(better);
+            text.push_str(&format!(
+                "For no more FLOPs, depth {}, {} heads and {} channels reach {} params ({} FLOPs, {} params). ",
+                v[0],
+                v[1],
+                v[2],
+                si(better.params),
+                si(better.cost.paper),
+                percent_change(better.params, base.params),
+            ));
+        }
+    }
+    text.push_str(&format!(
+        "{narrowest} of the {} front points keep the narrowest injection and head ({narrowest_width} channels): those \
+         convolutions run at 1/8 to 1/32 of the input side, so their width costs FLOPs at every pixel, while the \
+         transformer works on 1/64-side tokens, where a block costs many parameters but few FLOPs. Parameters are \
+         not accuracy (the paper chose its widths by mIoU), but the figure shows where a FLOP buys the most capacity.",
+        front.len()
+    ));
+    text
+}
+
+/// `+12.5 %`: the change from `base` to `value`.
+fn percent_change(value: u64, base: u64) -> String {
+    format!("{:+.1} %", 100.0 * (value as f64 - base as f64) / base as f64)
+}
 
 /// One generated file.
 pub struct ReportFile {
@@ -66,8 +189,31 @@ fn baseline_figure(baselines: &Baselines, plot: Plot) -> Result<String> {
             _ => others.extend(entry.scatter_point(plot, entry.family.display_name())),
         }
     }
+    if plot == Plot::Ade20kMiouVsLatency {
+        ours.extend(predicted_latency_points(baselines, plot)?);
+    }
     ours.extend(others);
     scatter_svg(plot.title(), plot.x_label(), plot.y_label(), plot.log_x(), &ours)
+}
+
+/// TopFormer's published mIoU at the latency the embedded snapdragon865 profile predicts for the network (the
+/// final resize left out, as the paper times it): one distinct series beside the published points.
+fn predicted_latency_points(baselines: &Baselines, plot: Plot) -> Result<Vec<ScatterPoint>> {
+    let device = Device::load(SNAPDRAGON)?;
+    let series = format!("TopFormer (published mIoU, latency predicted by toparch, {SNAPDRAGON})");
+    let mut points: Vec<ScatterPoint> = Vec::new();
+    for entry in baselines.for_plot(plot).filter(|e| e.is_topformer()) {
+        let (Some(name), Ok((h, w))) = (&entry.spec, parse_resolution(&entry.input)) else { continue };
+        let Some(mut point) = entry.scatter_point(plot, &series) else { continue };
+        point.x = Prediction::new(&compile(&spec(name)?, h, w)?, &device).network_ms();
+        point.label = format!("{} (predicted)", point.label);
+        point.style = point.style.derived();
+        point.approximate = false;
+        if !points.iter().any(|p| p.label == point.label && p.x == point.x && p.y == point.y) {
+            points.push(point);
+        }
+    }
+    Ok(points)
 }
 
 fn stage_bars(profiles: &[(&str, Profile)], value: impl Fn(&crate::cost::Group) -> f64) -> Vec<StackedBar> {
@@ -138,7 +284,14 @@ pub fn build_report() -> Result<Vec<ReportFile>> {
             &series,
         )?,
     });
-    files.push(ReportFile { name: "README.md".into(), contents: markdown(&baselines, &at_512, &sweep)? });
+    let design = design_space()?;
+    files.push(ReportFile {
+        name: DESIGN_SPACE_FIGURE.into(),
+        contents: pareto_figure(&design, &pareto_title(&design))?,
+    });
+    let mut md = markdown(&baselines, &at_512, &sweep)?;
+    md.push_str(&design_space_section(&design));
+    files.push(ReportFile { name: "README.md".into(), contents: md });
     Ok(files)
 }
 
@@ -155,6 +308,24 @@ pub fn write_report(dir: &Path) -> Result<Vec<PathBuf>> {
             Ok(path)
         })
         .collect()
+}
+
+/// Predicted vs published latency in the paper's mobile setting, and the post-processing it leaves out.
+fn mobile_section() -> Result<String> {
+    let device = Device::load(SNAPDRAGON)?;
+    let mut md = format!(
+        "### Mobile latency: predicted vs published (Snapdragon 865, one ARM core, TNN)\n\n\
+         The `{SNAPDRAGON}` device profile ({}, {}) predicts every step of the executor's plan with its kernel \
+         family's cost law. Its one scale factor is fitted to these four published figures, so the error column \
+         is in-sample; the leave-one-out column refits the scale without the row and predicts it. The paper's \
+         figures leave out the final resize of the logits to the input size and the argmax, which a deployment \
+         runs: the last columns predict them, which is why phones measure several times the paper's figures \
+         (hustvl/TopFormer issue 12, fudan-zvg/SeaFormer issue 24).\n\n",
+        device.date, device.source
+    );
+    md.push_str(&markdown_table(&mobile_rows(&device)?));
+    md.push('\n');
+    Ok(md)
 }
 
 fn markdown(baselines: &Baselines, at_512: &[(&str, Profile)], sweep: &[(&str, Vec<Profile>)]) -> Result<String> {
@@ -222,6 +393,7 @@ fn markdown(baselines: &Baselines, at_512: &[(&str, Profile)], sweep: &[(&str, V
         "### Where the FLOPs and parameters go\n\n![FLOPs per stage](stage-breakdown.svg)\n\n\
                  ![Parameters per stage](stage-params.svg)\n\n",
     );
+    md.push_str(&mobile_section()?);
     md.push_str("### FLOPs vs resolution\n\n![FLOPs vs resolution](flops-vs-resolution.svg)\n\n");
     md.push_str(
         "Convolutions scale with the pixel count, and so do the tokens (pooled to 1/64 of the input side), so \

@@ -18,6 +18,8 @@ struct JsonProfile<'a> {
     conventions: Cost,
     published: &'a [Comparison],
     memory: JsonMemory<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latency: Option<JsonLatency<'a>>,
     stages: Vec<JsonGroup<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     blocks: Option<Vec<JsonGroup<'a>>>,
@@ -25,12 +27,20 @@ struct JsonProfile<'a> {
     layers: Option<Vec<JsonGroup<'a>>>,
 }
 
+#[derive(Serialize)]
+struct JsonLatency<'a> {
+    device: &'a str,
+    threads: usize,
+    ms: f64,
+}
+
 fn is_one(n: &usize) -> bool {
     *n == 1
 }
 
+/// The `memory` object of the profile JSON, shared by `sweep` and `diff`.
 #[derive(Serialize)]
-struct JsonMemory<'a> {
+pub(crate) struct JsonMemory<'a> {
     params_bytes: ParamBytes,
     buffers_bytes: u64,
     activation_bytes: u64,
@@ -40,7 +50,7 @@ struct JsonMemory<'a> {
 }
 
 impl<'a> JsonMemory<'a> {
-    fn new(m: &'a Memory) -> Self {
+    pub(crate) fn new(m: &'a Memory) -> Self {
         JsonMemory {
             params_bytes: m.params_bytes,
             buffers_bytes: m.buffers_bytes,
@@ -62,6 +72,8 @@ struct JsonGroup<'a> {
     flops: u64,
     conventions: Cost,
     activation_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latency_ms: Option<f64>,
     output_shape: &'a [usize],
 }
 
@@ -76,6 +88,7 @@ impl<'a> JsonGroup<'a> {
             flops: cost.get(convention),
             conventions: cost,
             activation_bytes: g.activation_bytes,
+            latency_ms: g.latency_ms,
             output_shape: &g.output_shape,
         }
     }
@@ -90,6 +103,7 @@ impl<'a> JsonGroup<'a> {
             flops: cost.get(convention),
             conventions: cost,
             activation_bytes: l.activation_bytes,
+            latency_ms: l.latency_ms,
             output_shape: &l.output_shape,
         }
     }
@@ -109,14 +123,19 @@ pub fn profile_json(profile: &Profile, convention: Convention, depth: Depth) -> 
         conventions: profile.cost,
         published: &profile.published,
         memory: JsonMemory::new(&profile.memory),
+        latency: profile.latency.as_ref().map(|l| JsonLatency {
+            device: &l.device,
+            threads: l.threads,
+            ms: l.prediction.total_ms,
+        }),
         stages: profile.stages.iter().map(|g| JsonGroup::group(g, convention)).collect(),
         blocks: (depth != Depth::Stage)
             .then(|| profile.blocks.iter().map(|g| JsonGroup::group(g, convention)).collect()),
         layers: (depth == Depth::Layer)
             .then(|| profile.layers.iter().map(|l| JsonGroup::layer(l, convention)).collect()),
     };
-    let mut text =
-        serde_json::to_string_pretty(&json).expect("a profile always serialises: it holds only strings and integers");
+    let mut text = serde_json::to_string_pretty(&json)
+        .expect("a profile always serialises: it holds only strings, integers and finite floats");
     text.push('\n');
     text
 }

@@ -211,6 +211,87 @@ pub fn line_svg(
     })
 }
 
+/// Most sweep variants [`pareto_svg`] draws as dots; beyond it, an evenly strided subset (the front is always
+/// drawn whole).
+pub const MAX_VARIANT_DOTS: usize = 5000;
+
+/// Radius of a sweep variant's dot, in pixels.
+const DOT_RADIUS: i32 = 3;
+
+/// Colour of a sweep variant's dot: quieter than any series, darker than the grid.
+const DOT_GREY: RGBColor = RGBColor(180, 180, 180);
+
+/// A design-space sweep: every variant a small grey dot (at most [`MAX_VARIANT_DOTS`]), the Pareto front's
+/// points joined in order and each labelled, then labelled reference points (e.g. published networks) in series
+/// of their own. Points are `(x, y)` in axis units.
+pub fn pareto_svg(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    variants: &[(f64, f64)],
+    front: &[ScatterPoint],
+    references: &[ScatterPoint],
+) -> Result<String> {
+    if front.is_empty() {
+        return Err(figure_error(title, "no Pareto front to plot"));
+    }
+    let stride = variants.len().div_ceil(MAX_VARIANT_DOTS).max(1);
+    let dots: Vec<(f64, f64)> = variants.iter().step_by(stride).copied().collect();
+    let labelled: Vec<&ScatterPoint> = front.iter().chain(references).collect();
+    let xs: Vec<f64> = dots.iter().map(|p| p.0).chain(labelled.iter().map(|p| p.x)).collect();
+    let ys: Vec<f64> = dots.iter().map(|p| p.1).chain(labelled.iter().map(|p| p.y)).collect();
+    let x = Axis::numeric(title, x_label, &xs, Scale::Linear, TickSource::Nice)?;
+    let y = Axis::numeric(title, y_label, &ys, Scale::Linear, TickSource::Nice)?;
+
+    let dot = Marker { shape: Shape::Circle, color: DOT_GREY, hollow: false };
+    let dots_text = match stride {
+        1 => format!("variants ({})", variants.len()),
+        k => format!("variants (1 in {k} of {} drawn)", variants.len()),
+    };
+    let reference_series = first_appearance(references.iter().map(|p| p.series.as_str()));
+    let front_series = front[0].series.as_str();
+    let mut legend = vec![
+        LegendEntry { text: dots_text, swatch: Swatch::Marker(dot) },
+        LegendEntry {
+            text: front_series.to_string(),
+            swatch: Swatch::Line(Marker::of(front[0].style, false), LineDash::Solid),
+        },
+    ];
+    legend.extend(reference_series.iter().map(|name| {
+        let style = references.iter().find(|p| p.series == *name).map_or(front[0].style, |p| p.style);
+        LegendEntry { text: name.to_string(), swatch: Swatch::Marker(Marker::of(style, false)) }
+    }));
+
+    let mut data: Vec<Vec<(f64, f64)>> = vec![front.iter().map(|p| (p.x, p.y)).collect()];
+    data.extend(labelled.iter().map(|p| vec![(p.x, p.y)]));
+    data.extend(dots.iter().map(|&p| vec![p]));
+    let figure = Figure { title, x, y, legend, data };
+    render(&figure, |canvas| {
+        for &(x, y) in &dots {
+            let centre = canvas.px(x, y);
+            canvas.root.draw(&Circle::new(centre, DOT_RADIUS, dot.color.filled())).map_err(drawing_error)?;
+        }
+        let front_marker = Marker::of(front[0].style, false);
+        let line: Vec<(i32, i32)> = front.iter().map(|p| canvas.px(p.x, p.y)).collect();
+        canvas.path(&line, front_marker.color, LINE_WIDTH)?;
+        let centres: Vec<(i32, i32)> = labelled.iter().map(|p| canvas.px(p.x, p.y)).collect();
+        // References last in the list, drawn first: the front stays on top where they coincide.
+        for (p, &centre) in labelled.iter().zip(&centres).rev() {
+            canvas.marker(centre, Marker::of(p.style, p.approximate))?;
+        }
+        let labels: Vec<&str> = labelled.iter().map(|p| p.label.as_str()).collect();
+        for ((label, &centre), place) in
+            labels.iter().zip(&centres).zip(place_labels(&centres, &labels, canvas.plot_box(), &canvas.legend_box))
+        {
+            if place.leader {
+                canvas.path(&[centre, place.leader_end], LEADER_GREY, 1)?;
+            }
+            canvas.text(label, place.at, place.pos, LABEL_SIZE, TEXT_COLOR)?;
+        }
+        Ok(())
+    })
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Shared style
 
@@ -267,6 +348,14 @@ pub fn family_style(family: Family) -> SeriesStyle {
         Family::Vit => (Shape::TriangleUp, PALETTE[3]),
     };
     SeriesStyle { shape, color }
+}
+
+impl SeriesStyle {
+    /// The style of a series derived from this family's (toparch's predictions for it, variants of it): the
+    /// family's colour with a marker no family uses, so the two read as related but distinct.
+    pub fn derived(self) -> SeriesStyle {
+        SeriesStyle { shape: Shape::TriangleDown, color: self.color }
+    }
 }
 
 /// The stroke of a line series.
@@ -334,6 +423,8 @@ enum Shape {
     Square,
     TriangleUp,
     Diamond,
+    /// Only for series derived from a family (predictions, design variants), never a family's own marker.
+    TriangleDown,
 }
 
 /// How one data point is drawn. Every marker is exactly one SVG `<circle>` or `<polygon>`.
@@ -358,6 +449,7 @@ impl Marker {
             Shape::Square => &[(-0.85, -0.85), (0.85, -0.85), (0.85, 0.85), (-0.85, 0.85)],
             Shape::TriangleUp => &[(0.0, -1.2), (1.1, 0.75), (-1.1, 0.75)],
             Shape::Diamond => &[(0.0, -1.25), (1.1, 0.0), (0.0, 1.25), (-1.1, 0.0)],
+            Shape::TriangleDown => &[(0.0, 1.2), (1.1, -0.75), (-1.1, -0.75)],
         };
         unit.iter().map(|(dx, dy)| (cx + (dx * r).round() as i32, cy + (dy * r).round() as i32)).collect()
     }
@@ -1225,6 +1317,26 @@ mod tests {
         assert_eq!(ok(stacked_bars_svg("t", "y", &bars)), ok(stacked_bars_svg("t", "y", &bars)));
         let lines = resolution_lines();
         assert_eq!(ok(line_svg("t", "x", "y", true, false, &lines)), ok(line_svg("t", "x", "y", true, false, &lines)));
+    }
+
+    #[test]
+    fn pareto_front_is_joined_labelled_and_strided() {
+        let variants: Vec<(f64, f64)> = (0..12_000).map(|i| (f64::from(i % 100), f64::from(i / 100))).collect();
+        let front: Vec<ScatterPoint> = (0..4)
+            .map(|i| {
+                point(&format!("depth={i}"), f64::from(i) * 25.0, 100.0 - f64::from(i) * 20.0, "Pareto front", false)
+            })
+            .collect();
+        let references = vec![point("TopFormer-B", 50.0, 90.0, "as published", false)];
+        let svg = ok(pareto_svg("front", "x", "y", &variants, &front, &references));
+        check_figure(&svg, "pareto", &["front", "Pareto front", "as published", "variants (1 in 3 of 12000 drawn)"]);
+        for label in front.iter().chain(&references).map(|p| p.label.as_str()) {
+            assert_eq!(text_count(&svg, label), 1, "{label}");
+        }
+        // 4,000 dots, the front's 4 markers and 2 in the legend (the reference is a square).
+        assert_eq!(elements(&svg, "circle", &[]), 4000 + 4 + 2);
+        assert_eq!(svg, ok(pareto_svg("front", "x", "y", &variants, &front, &references)));
+        assert!(err_text(pareto_svg("front", "x", "y", &variants, &[], &references)).contains("no Pareto front"));
     }
 
     fn err_text<T>(r: Result<T>) -> String {

@@ -30,27 +30,42 @@ pub struct Rows {
 pub fn breakdown(profile: &Profile, convention: Convention, depth: Depth) -> Rows {
     let total_flops = profile.flops(convention);
     let flops_title = format!("FLOPs ({}, MACs)", convention.name());
-    let row = |name: &str, extra: Vec<String>, out: &[usize], params: u64, flops: u64, activations: u64| {
-        let mut r = vec![name.to_string()];
-        r.extend(extra);
-        r.extend([
-            shape(out),
-            thousands(params),
-            percent(params, profile.params),
-            thousands(flops),
-            si(flops),
-            percent(flops, total_flops),
-            bytes(activations),
-        ]);
-        r
-    };
+    let with_latency = profile.latency.is_some();
+    let row =
+        |name: &str, extra: Vec<String>, out: &[usize], params: u64, flops: u64, activations: u64, ms: Option<f64>| {
+            let mut r = vec![name.to_string()];
+            r.extend(extra);
+            r.extend([
+                shape(out),
+                thousands(params),
+                percent(params, profile.params),
+                thousands(flops),
+                si(flops),
+                percent(flops, total_flops),
+                bytes(activations),
+            ]);
+            if with_latency {
+                r.push(ms.map_or_else(String::new, millis));
+            }
+            r
+        };
     let (mut header, body, extra_columns): (Vec<&str>, Vec<Vec<String>>, usize) = match depth {
         Depth::Stage => (
             vec!["stage"],
             profile
                 .stages
                 .iter()
-                .map(|g| row(&g.name, vec![], &g.output_shape, g.params, g.cost.get(convention), g.activation_bytes))
+                .map(|g| {
+                    row(
+                        &g.name,
+                        vec![],
+                        &g.output_shape,
+                        g.params,
+                        g.cost.get(convention),
+                        g.activation_bytes,
+                        g.latency_ms,
+                    )
+                })
                 .collect(),
             0,
         ),
@@ -61,7 +76,15 @@ pub fn breakdown(profile: &Profile, convention: Convention, depth: Depth) -> Row
                 .iter()
                 .map(|g| {
                     let stage = vec![g.stage.name().into()];
-                    row(&g.name, stage, &g.output_shape, g.params, g.cost.get(convention), g.activation_bytes)
+                    row(
+                        &g.name,
+                        stage,
+                        &g.output_shape,
+                        g.params,
+                        g.cost.get(convention),
+                        g.activation_bytes,
+                        g.latency_ms,
+                    )
                 })
                 .collect(),
             1,
@@ -73,27 +96,38 @@ pub fn breakdown(profile: &Profile, convention: Convention, depth: Depth) -> Row
                 .iter()
                 .map(|l| {
                     let op = vec![l.op.into()];
-                    row(&l.name, op, &l.output_shape, l.params, l.cost.get(convention), l.activation_bytes)
+                    row(
+                        &l.name,
+                        op,
+                        &l.output_shape,
+                        l.params,
+                        l.cost.get(convention),
+                        l.activation_bytes,
+                        l.latency_ms,
+                    )
                 })
                 .collect(),
             1,
         ),
         Depth::Op => {
-            let mut kinds: Vec<(&str, u64, u64, u64)> = Vec::new();
+            let mut kinds: Vec<(&str, u64, u64, u64, Option<f64>)> = Vec::new();
             for l in &profile.layers {
-                match kinds.iter_mut().find(|(k, _, _, _)| *k == l.op) {
+                match kinds.iter_mut().find(|(k, ..)| *k == l.op) {
                     Some(entry) => {
                         entry.1 += l.params;
                         entry.2 += l.cost.get(convention);
                         entry.3 += l.activation_bytes;
+                        entry.4 = entry.4.zip(l.latency_ms).map(|(a, b)| a + b);
                     }
-                    None => kinds.push((l.op, l.params, l.cost.get(convention), l.activation_bytes)),
+                    None => kinds.push((l.op, l.params, l.cost.get(convention), l.activation_bytes, l.latency_ms)),
                 }
             }
-            (vec!["op"], kinds.iter().map(|&(k, p, f, a)| row(k, vec![], &[], p, f, a)).collect(), 0)
+            (vec!["op"], kinds.iter().map(|&(k, p, f, a, ms)| row(k, vec![], &[], p, f, a, ms)).collect(), 0)
         }
     };
     header.extend(["output", "params", "share", &flops_title, "≈", "share", "activations (f32)"]);
+    let latency_title = profile.latency.as_ref().map(|l| format!("predicted ms ({}, {} thr)", l.device, l.threads));
+    header.extend(latency_title.as_deref());
     let mut total = vec!["total".to_string()];
     total.extend(std::iter::repeat_n(String::new(), extra_columns));
     total.extend([
@@ -105,6 +139,7 @@ pub fn breakdown(profile: &Profile, convention: Convention, depth: Depth) -> Row
         String::new(),
         bytes(profile.memory.activation_bytes),
     ]);
+    total.extend(profile.latency.as_ref().map(|l| millis(l.prediction.total_ms)));
     Rows { header: header.into_iter().map(String::from).collect(), body, total }
 }
 
@@ -146,6 +181,33 @@ pub fn memory_line(profile: &Profile) -> String {
         m.peak_at,
         bytes(m.arena_bytes),
     )
+}
+
+/// Milliseconds with three decimals.
+pub fn millis(ms: f64) -> String {
+    format!("{ms:.3}")
+}
+
+/// The predicted latency in one line, with the post-processing a deployment adds, when a device was given.
+pub fn latency_line(profile: &Profile) -> Option<String> {
+    let l = profile.latency.as_ref()?;
+    let p = &l.prediction;
+    let mut line = format!(
+        "Predicted latency on {} ({} thread(s)): {:.2} ms for the graph as counted",
+        l.device, l.threads, p.total_ms
+    );
+    if p.final_resize_ms > 0.0 {
+        line.push_str(&format!(
+            "; {:.2} ms without the final resize to the input (as the paper times it); post-processing a \
+             deployment adds, final resize + argmax: {:.2} ms ({:.2} + {:.2})",
+            p.network_ms(),
+            p.postprocess_ms(),
+            p.final_resize_ms,
+            p.argmax_ms
+        ));
+    }
+    line.push('.');
+    Some(line)
 }
 
 /// One line per convention with the total, so that the reader sees why counters disagree.

@@ -1,17 +1,22 @@
 //! Terminal tables (prettytable) and markdown tables from the same rows.
 
-use super::rows::{breakdown, conventions_line, memory_line, published, Depth, Rows};
+use super::rows::{breakdown, conventions_line, latency_line, memory_line, published, Depth, Rows};
 use crate::cost::{Convention, Profile};
 use prettytable::{format, Cell, Row, Table};
+
+/// Whether a cell holds a number (possibly signed, as a delta), to be aligned right.
+fn looks_numeric(text: &str) -> bool {
+    text.trim_start_matches(['+', '-']).starts_with(|c: char| c.is_ascii_digit())
+}
 
 /// A plain-text table with a title row and right-aligned numbers.
 pub(crate) fn terminal_table(rows: &Rows) -> String {
     let mut table = Table::new();
     table.set_format(*format::consts::FORMAT_NO_LINESEP_WITH_TITLE);
     table.set_titles(Row::new(rows.header.iter().map(|h| Cell::new(h).style_spec("b")).collect()));
-    let numeric = |text: &str| text.starts_with(|c: char| c.is_ascii_digit());
     for r in rows.body.iter().chain((!rows.total.is_empty()).then_some(&rows.total)) {
-        let cells = r.iter().map(|t| if numeric(t) { Cell::new(t).style_spec("r") } else { Cell::new(t) }).collect();
+        let cells =
+            r.iter().map(|t| if looks_numeric(t) { Cell::new(t).style_spec("r") } else { Cell::new(t) }).collect();
         table.add_row(Row::new(cells));
     }
     table.to_string()
@@ -34,9 +39,7 @@ pub fn markdown_table(rows: &Rows) -> String {
     let line = |cells: &[String]| format!("| {} |\n", cells.join(" | "));
     let mut out = line(&rows.header);
     // Numbers align right, text left, judged by the first row.
-    let numeric = |i: usize| {
-        rows.body.first().and_then(|r| r.get(i)).is_some_and(|t| t.starts_with(|c: char| c.is_ascii_digit()))
-    };
+    let numeric = |i: usize| rows.body.first().and_then(|r| r.get(i)).is_some_and(|t| looks_numeric(t));
     let align: Vec<String> =
         (0..rows.header.len()).map(|i| if numeric(i) { "--:".into() } else { "---".into() }).collect();
     out.push_str(&line(&align));
@@ -86,5 +89,12 @@ pub fn render_profile(profile: &Profile, convention: Convention, depth: Depth, s
     }
     out.push_str(&memory_line(profile));
     out.push('\n');
+    if let Some(line) = latency_line(profile) {
+        if style == Style::Markdown {
+            out.push('\n');
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
     out
 }

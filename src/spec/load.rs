@@ -1,6 +1,7 @@
 //! Loading specs from the embedded set or from files, resolving `extends`, and naming errors by file and line.
 
 use super::locate::Locator;
+use super::overrides::Override;
 use super::Spec;
 use crate::error::{Error, Result};
 use serde::Deserialize;
@@ -87,12 +88,12 @@ impl Source {
 
 /// Loads an embedded spec by name; `tiny`, `small`, `base` are short for `topformer-tiny`… .
 pub fn load_embedded(name: &str) -> Result<LoadedSpec> {
-    resolve(embedded_source(name)?)
+    SpecTemplate::embedded(name)?.instantiate(&[])
 }
 
 /// Loads a spec file (which may `extends` another file beside it or an embedded spec).
 pub fn load_file(path: &Path) -> Result<LoadedSpec> {
-    resolve(file_source(path)?)
+    SpecTemplate::file(path)?.instantiate(&[])
 }
 
 fn find_embedded(name: &str) -> Option<&'static EmbeddedSpec> {
@@ -124,49 +125,123 @@ fn file_beside(dir: &Path, name: &str) -> Option<PathBuf> {
 
 /// Loads the spec a reference names: a spec file beside `dir` if one exists, else an embedded spec.
 pub fn load_reference(name: &str, dir: &Path) -> Result<LoadedSpec> {
-    match file_beside(dir, name) {
-        Some(file) => load_file(&file),
-        None => load_embedded(name),
-    }
+    SpecTemplate::reference(name, dir)?.instantiate(&[])
 }
 
-/// Follows `extends` from `child` to the root, merges root-first, deserialises and validates.
-fn resolve(child: Source) -> Result<LoadedSpec> {
-    let mut chain = vec![child];
-    while let Some(parent) = chain.last().map(Source::extends).transpose()?.flatten() {
-        let current = chain.last().expect("chain is never empty");
-        let source = match current.dir.as_deref().and_then(|d| file_beside(d, &parent)) {
-            Some(file) => file_source(&file)?,
-            None if find_embedded(&parent).is_some() => embedded_source(&parent)?,
-            None => return Err(current.error("extends", format!("no spec named '{parent}'"))),
-        };
-        if chain.iter().any(|s| s.identity == source.identity) {
-            let cycle: Vec<_> = chain.iter().map(|s| s.origin.as_str()).chain([source.origin.as_str()]).collect();
-            return Err(chain[0].error("extends", format!("cycle: {}", cycle.join(" → "))));
+/// A spec with its `extends` chain merged but not yet checked: what `--set` overrides are applied to. Build it
+/// once and [`instantiate`](SpecTemplate::instantiate) it per set of overrides (a sweep does so per variant).
+pub struct SpecTemplate {
+    /// The chain, most derived first, kept to name the file and line of a problem.
+    chain: Vec<Source>,
+    merged: toml::Table,
+}
+
+impl SpecTemplate {
+    /// An embedded spec by name (`tiny` is short for `topformer-tiny`).
+    pub fn embedded(name: &str) -> Result<Self> {
+        Self::resolve(embedded_source(name)?)
+    }
+
+    /// A spec file.
+    pub fn file(path: &Path) -> Result<Self> {
+        Self::resolve(file_source(path)?)
+    }
+
+    /// A spec file beside `dir` if `name` names one (with or without `.toml`), else an embedded spec.
+    pub fn reference(name: &str, dir: &Path) -> Result<Self> {
+        match file_beside(dir, name) {
+            Some(file) => Self::file(&file),
+            None => Self::embedded(name),
         }
-        chain.push(source);
     }
-    let mut merged = toml::Table::new();
-    for source in chain.iter().rev() {
-        merge_spec(&mut merged, &source.table);
+
+    /// Follows `extends` from `child` to the root and merges root-first.
+    fn resolve(child: Source) -> Result<Self> {
+        let mut chain = vec![child];
+        while let Some(parent) = chain.last().map(Source::extends).transpose()?.flatten() {
+            let current = chain.last().expect("chain is never empty");
+            let source = match current.dir.as_deref().and_then(|d| file_beside(d, &parent)) {
+                Some(file) => file_source(&file)?,
+                None if find_embedded(&parent).is_some() => embedded_source(&parent)?,
+                None => return Err(current.error("extends", format!("no spec named '{parent}'"))),
+            };
+            if chain.iter().any(|s| s.identity == source.identity) {
+                let cycle: Vec<_> = chain.iter().map(|s| s.origin.as_str()).chain([source.origin.as_str()]).collect();
+                return Err(chain[0].error("extends", format!("cycle: {}", cycle.join(" → "))));
+            }
+            chain.push(source);
+        }
+        let mut merged = toml::Table::new();
+        for source in chain.iter().rev() {
+            merge_spec(&mut merged, &source.table);
+        }
+        merged.remove("extends");
+        // A spec's name is its own: one that does not write it is named after its file, not its parent.
+        if !chain[0].table.contains_key("name") {
+            let stem = Path::new(&chain[0].origin).file_stem().map(|s| s.to_string_lossy().into_owned());
+            merged.insert("name".into(), toml::Value::String(stem.unwrap_or_default()));
+        }
+        Ok(SpecTemplate { chain, merged })
     }
-    merged.remove("extends");
-    // A spec's name is its own: one that does not write it is named after its file, not its parent.
-    if !chain[0].table.contains_key("name") {
-        let stem = Path::new(&chain[0].origin).file_stem().map(|s| s.to_string_lossy().into_owned());
-        merged.insert("name".into(), toml::Value::String(stem.unwrap_or_default()));
+
+    /// Where the spec comes from (its file, or `specs/NAME.toml` for an embedded one).
+    pub fn origin(&self) -> &str {
+        &self.chain[0].origin
     }
-    // The key a problem is reported at is looked up in the most derived document that writes it.
-    let blame = |key: &str, message: String| -> Error {
-        let source = chain.iter().find(|s| s.locator.contains(key)).unwrap_or(&chain[0]);
-        source.error(key, message)
-    };
-    let spec: Spec = serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|e| {
-        let key = e.path().to_string();
-        blame(if key == "." { "name" } else { &key }, first_line(&e.inner().to_string()))
-    })?;
-    spec.validate().map_err(|(key, message)| blame(&key, message))?;
-    Ok(LoadedSpec { spec, origin: chain[0].origin.clone() })
+
+    /// Applies `overrides` in order, then deserialises and validates exactly as for a file. A problem at a key
+    /// an override wrote names that override; any other names the file and line that wrote the key.
+    pub fn instantiate(&self, overrides: &[Override]) -> Result<LoadedSpec> {
+        let (mut spec, unchanged) = self.deserialize(overrides)?;
+        spec.validate().map_err(|(key, message)| self.blame(overrides, &key, message))?;
+        // Published figures are of the network as written; an override that changes it makes them another's.
+        // The default resolution they imply stays.
+        if !unchanged {
+            let (h, w) = spec.default_resolution();
+            spec.res.get_or_insert_with(|| format!("{h}x{w}"));
+            spec.published.clear();
+        }
+        Ok(LoadedSpec { spec, origin: self.origin().to_string() })
+    }
+
+    /// Checks that `overrides` name known keys and give them values of the right type, without the
+    /// cross-field rules (a value may be valid only together with another override).
+    pub fn check_schema(&self, overrides: &[Override]) -> Result<()> {
+        self.deserialize(overrides).map(drop)
+    }
+
+    /// The spec with `overrides` applied, deserialised, and whether the overrides left it as written.
+    fn deserialize(&self, overrides: &[Override]) -> Result<(Spec, bool)> {
+        let mut merged = self.merged.clone();
+        for o in overrides {
+            o.key.assign(&mut merged, o.value.clone()).map_err(|e| self.override_error(o, o.key.as_str(), e))?;
+        }
+        let unchanged = merged == self.merged;
+        let spec = serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|e| {
+            let key = e.path().to_string();
+            self.blame(overrides, if key == "." { "name" } else { &key }, first_line(&e.inner().to_string()))
+        })?;
+        Ok((spec, unchanged))
+    }
+
+    /// An error at `key`: from the override that wrote it, else from the most derived document that writes it
+    /// (naming its line), noting any overrides.
+    fn blame(&self, overrides: &[Override], key: &str, message: String) -> Error {
+        if let Some(o) = overrides.iter().rev().find(|o| o.key.covers(key)) {
+            return self.override_error(o, key, message);
+        }
+        let source = self.chain.iter().find(|s| s.locator.contains(key)).unwrap_or(&self.chain[0]);
+        let error = source.error(key, message);
+        if overrides.is_empty() {
+            return error;
+        }
+        let all: Vec<_> = overrides.iter().map(Override::describe).collect();
+        Error::input(format!("{error} (with --set {})", all.join(", --set ")))
+    }
+
+    fn override_error(&self, o: &Override, key: &str, message: impl std::fmt::Display) -> Error {
+        Error::input(format!("{}: {key}: {message} (from --set {})", self.origin(), o.describe()))
+    }
 }
 
 /// Deep-merges `child` over `parent`. The task sections are alternatives: a child that writes `[classifier]`
@@ -231,8 +306,18 @@ impl Document {
     /// Reads `path` and deserialises it into `T`, naming the file, line and key on error.
     pub fn read<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<(T, Document)> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let identity = path.to_path_buf();
-        let source = Source::parse(path.display().to_string(), identity, &text, path.parent().map(Path::to_path_buf))?;
+        Document::parse(path.display().to_string(), &text, path.parent().map(Path::to_path_buf))
+    }
+
+    /// Deserialises `text` (from `origin`, a file name or a description) into `T`, naming `origin`, line and
+    /// key on error; `dir` is where the document names other files.
+    pub fn parse<T: for<'de> Deserialize<'de>>(
+        origin: String,
+        text: &str,
+        dir: Option<std::path::PathBuf>,
+    ) -> Result<(T, Document)> {
+        let identity = std::path::PathBuf::from(&origin);
+        let source = Source::parse(origin, identity, text, dir)?;
         let value = serde_path_to_error::deserialize(toml::Value::Table(source.table.clone())).map_err(|e| {
             let key = e.path().to_string();
             source.error(&key, first_line(&e.inner().to_string()))

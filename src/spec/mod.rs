@@ -5,11 +5,13 @@
 
 mod load;
 mod locate;
+mod overrides;
 
 pub use load::{
     embedded_specs, load_embedded, load_file, load_reference, parse_resolution, Document, EmbeddedSpec, LoadedSpec,
-    MAX_SIDE,
+    SpecTemplate, MAX_SIDE,
 };
+pub use overrides::{parse_value, KeyPath, Override};
 
 use crate::kernels::Activation;
 use serde::Deserialize;
