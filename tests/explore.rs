@@ -231,9 +231,9 @@ fn set_changes_the_profile_and_drops_published_figures() {
     // Setting a key to the value it has keeps the network, and its published figures.
     let same = profile("base", "512", &["semantics_extractor.depth=4".into()]);
     assert_eq!(same, plain);
-    // A bare word is a string; the cityscapes spec keeps its published resolution as the default.
+    // A bare word is a string; the cityscapes spec keeps its default resolution (the official test scale).
     let city = json(&["profile", "-v", "base-cityscapes", "--set", "head.activation=relu6", "-f", "json"]);
-    assert_eq!(city["input"], serde_json::json!([3, 1024, 2048]));
+    assert_eq!(city["input"], serde_json::json!([3, 512, 1024]));
 }
 
 /// Expects exit 2 and one line on standard error holding every fragment.

@@ -145,3 +145,22 @@ fn thread_counts_agree() {
     let max_err = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
     assert!(max_err < 1e-5, "{max_err}");
 }
+
+/// Seeded random weights stand in for a checkpoint in `forward`, `bench` and `export`: their activations must stay
+/// at the scale of the official reference's (every tap of Tiny's within ±5 there), or comparisons at an absolute
+/// tolerance mean less on them than on real weights.
+#[test]
+fn random_weights_keep_every_tap_at_the_reference_scale() {
+    for variant in ["tiny", "small", "base", "base-cityscapes"] {
+        let graph = compile(&load_embedded(variant).unwrap().spec, 256, 256).unwrap();
+        let input: Vec<f32> =
+            (0..graph.input_shape().iter().product::<usize>()).map(|i| ((i % 97) as f32 / 24.0) - 2.0).collect();
+        let exec = Executor::new(&graph, NodeParams::random(&graph, 0), 1).unwrap();
+        let keep: Vec<_> = TAPS.iter().map(|t| graph.tap_node(t).unwrap()).collect();
+        let out = exec.run(&input, graph.tap_node("logits").unwrap(), &keep).unwrap();
+        for (tap, node) in TAPS.iter().zip(&keep) {
+            let max = out.kept[node].iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            assert!((0.1..=8.0).contains(&max), "{variant} {tap}: activations up to {max}");
+        }
+    }
+}

@@ -3,7 +3,7 @@
 use super::weights::{TensorData, TensorMap};
 use crate::error::{Error, Result};
 use crate::graph::Graph;
-use crate::ops::{numel, Op, ParamKind};
+use crate::ops::{numel, Elementwise, Op, ParamKind};
 use rayon::prelude::*;
 use std::collections::BTreeSet;
 
@@ -66,13 +66,24 @@ impl NodeParams {
     }
 
     /// Seeded random weights that keep activations O(1): conv and linear weights ~ N(0, 1/fan_in),
-    /// small biases and running means, BatchNorm scales and variances around 1.
+    /// small biases and running means, BatchNorm variances around 1 and scales around 1, except where a
+    /// BatchNorm ends a residual branch (its output is added to another tensor): there the scale is small, as
+    /// the official code starts attention projections at zero, so that the stacked residual adds of the
+    /// semantics extractor do not grow the activations by an order of magnitude.
     ///
     /// Every tensor has its own random stream, derived from the seed, the node index and the
     /// tensor's position, so tensors are drawn in parallel and the values do not depend on the
     /// thread count.
     pub fn random(graph: &Graph, seed: u64) -> Self {
         let nodes: Vec<_> = graph.nodes().map(|(_, node)| node).collect();
+        let mut ends_residual_branch = vec![false; nodes.len()];
+        for node in &nodes {
+            if matches!(node.op, Op::Elementwise(Elementwise::Add)) {
+                for &input in &node.inputs {
+                    ends_residual_branch[input.index()] |= matches!(graph.node(input).op, Op::BatchNorm(_));
+                }
+            }
+        }
         let bound = nodes
             .par_iter()
             .enumerate()
@@ -91,6 +102,9 @@ impl NodeParams {
                         let n = numel(&p.shape) as usize;
                         let suffix = p.name.rsplit('.').next().unwrap_or_default();
                         match (&node.op, suffix) {
+                            (Op::BatchNorm(_), "weight") if ends_residual_branch[index] => {
+                                (0..n).map(|_| 0.05 + 0.2 * rng.uniform()).collect()
+                            }
                             (Op::BatchNorm(_), "weight" | "running_var") => {
                                 (0..n).map(|_| 0.5 + rng.uniform()).collect()
                             }

@@ -1,9 +1,9 @@
 //! `toparch diff` and `toparch sweep` output: tables, markdown, JSON, CSV and the Pareto-front figure.
 
+use super::baselines::Family;
 use super::document::VARIANTS;
 use super::format::{shape, si, thousands};
 use super::json::JsonMemory;
-use super::baselines::Family;
 use super::plot::{family_style, pareto_svg, ScatterPoint};
 use super::rows::Rows;
 use super::table::{markdown_table, terminal_table, Style};

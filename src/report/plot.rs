@@ -1204,7 +1204,15 @@ mod tests {
     }
 
     /// Across every figure of the report, a family keeps its marker and colour: TopFormer's colour only ever
-    /// fills or outlines circles, and every polygon marker is another family's (or a hollow one's white inside).
+    /// fills or outlines circles, or the downward triangles of series derived from it (toparch's predictions),
+    /// and every other polygon marker is another family's (or a hollow one's white inside).
+    /// Whether an SVG `<polygon>` line is a triangle whose first vertex is its lowest (pointing down).
+    fn is_downward_triangle(line: &str) -> bool {
+        let points = line.split("points=\"").nth(1).and_then(|rest| rest.split('"').next()).unwrap_or_default();
+        let ys: Vec<i32> = points.split_whitespace().filter_map(|p| p.split(',').nth(1)?.parse().ok()).collect();
+        ys.len() == 3 && ys[0] > ys[1] && ys[0] > ys[2]
+    }
+
     #[test]
     fn every_report_figure_draws_a_family_in_one_style() {
         let hex = |c: RGBColor| format!("#{:02X}{:02X}{:02X}", c.0, c.1, c.2);
@@ -1216,16 +1224,23 @@ mod tests {
         for figure in figures.iter().filter(|f| f.name.ends_with(".svg") && !f.name.starts_with("stage-")) {
             for line in figure.contents.lines() {
                 if line.starts_with("<circle ") {
-                    assert!(line.contains(&topformer) || line.contains(&hex(APPROX_GREY)), "{}: {line}", figure.name);
+                    let grey = [APPROX_GREY, DOT_GREY].map(hex);
+                    assert!(
+                        line.contains(&topformer) || grey.iter().any(|g| line.contains(g)),
+                        "{}: {line}",
+                        figure.name
+                    );
+                } else if line.starts_with("<polygon ") && line.contains(&topformer) {
+                    assert!(is_downward_triangle(line), "{}: {line}", figure.name);
                 } else if line.starts_with("<polygon ") {
                     let fill_ok = others.iter().any(|c| line.contains(c)) || line.contains("#FFFFFF");
-                    assert!(fill_ok && !line.contains(&topformer), "{}: {line}", figure.name);
+                    assert!(fill_ok, "{}: {line}", figure.name);
                 }
             }
             let topformer_circle = |l: &str| l.starts_with("<circle ") && l.contains(&topformer);
             with_topformer += usize::from(figure.contents.lines().any(topformer_circle));
         }
-        assert_eq!(with_topformer, 5, "TopFormer appears as circles in every scatter and line figure");
+        assert_eq!(with_topformer, 6, "TopFormer appears as circles in every scatter, line and design-space figure");
     }
 
     #[test]
@@ -1327,7 +1342,8 @@ mod tests {
                 point(&format!("depth={i}"), f64::from(i) * 25.0, 100.0 - f64::from(i) * 20.0, "Pareto front", false)
             })
             .collect();
-        let references = vec![point("TopFormer-B", 50.0, 90.0, "as published", false)];
+        let mut references = vec![point("TopFormer-B", 50.0, 90.0, "as published", false)];
+        references[0].style = family_style(Family::Cnn);
         let svg = ok(pareto_svg("front", "x", "y", &variants, &front, &references));
         check_figure(&svg, "pareto", &["front", "Pareto front", "as published", "variants (1 in 3 of 12000 drawn)"]);
         for label in front.iter().chain(&references).map(|p| p.label.as_str()) {
