@@ -8,7 +8,7 @@ use crate::cost::{Convention, Device, Profile};
 use crate::error::{write_atomic, Error, Result};
 use crate::exec::image_io::{colourise, decode_image, overlay, palette, prepare, with_legend, write_png};
 use crate::exec::weights::{read_tensors, write_safetensors};
-use crate::exec::{argmax_resized, read_input, Executor, NodeParams};
+use crate::exec::{argmax_resized, read_input, Executor, NodeParams, MAX_THREADS};
 use crate::explore::{Diff, Goal, Grid, Metric, Objective, Sweep};
 use crate::export::{export_model, ExportOptions, Opset};
 use crate::graph::Graph;
@@ -235,13 +235,13 @@ impl SpecArgs {
     /// Like [`SpecArgs::compile`], for a batch of `batch` images.
     pub fn compile_batch(&self, batch: usize) -> Result<(LoadedSpec, Graph)> {
         let loaded = self.load()?;
-        let (h, w) = self.resolution()?.unwrap_or_else(|| loaded.spec.default_resolution());
+        let (h, w) = input_size(self.res.as_deref(), &loaded)?;
         let graph = loaded.compile_batch(batch, h, w)?;
         Ok((loaded, graph))
     }
 }
 
-/// `res` if given, else the spec's first published resolution, else 512².
+/// `res` if given, else the spec's default resolution (its `res`, else its first published one, else 512²).
 fn input_size(res: Option<&str>, loaded: &LoadedSpec) -> Result<(usize, usize)> {
     res.map(parse_resolution).transpose().map(|r| r.unwrap_or_else(|| loaded.spec.default_resolution()))
 }
@@ -262,7 +262,7 @@ struct DiffArgs {
     /// Override a key of B only. Repeatable.
     #[arg(long = "set-b", value_name = "KEY=VALUE")]
     set_b: Vec<Override>,
-    /// Input resolution of both: 512 or HxW. Defaults to A's first published resolution, else 512.
+    /// Input resolution of both: 512 or HxW. Defaults to A's default resolution (its `res`).
     #[arg(long, short = 'r')]
     res: Option<String>,
     /// Counting convention of the per-stage and per-block FLOPs (totals show every convention).
@@ -425,10 +425,7 @@ impl ForwardArgs {
     /// Weights (from --weights or seeded), thread count and the executor for `graph`.
     fn executor<'g>(&self, graph: &'g Graph) -> Result<(Executor<'g>, usize)> {
         let params = bind_params(graph, self.weights.as_deref(), self.seed)?;
-        let threads = self.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
-        if threads == 0 {
-            return Err(Error::input("--threads must be positive"));
-        }
+        let threads = self.threads.unwrap_or_else(available_cores);
         Ok((Executor::new(graph, params, threads)?, threads))
     }
 
@@ -641,6 +638,11 @@ fn forward_folder(args: &ForwardArgs, loaded: &LoadedSpec) -> Result<Outcome> {
     Ok(Outcome { stdout, failures: Vec::new(), input_errors: unreadable })
 }
 
+/// The cores this process may use: the default thread count.
+fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
 /// The checkpoint's tensors bound to `graph` by official name, else seeded random weights.
 fn bind_params(graph: &Graph, weights: Option<&Path>, seed: u64) -> Result<NodeParams> {
     match weights {
@@ -802,7 +804,6 @@ fn bench_command(args: &BenchArgs) -> Result<String> {
     let batch = positive_batch(args.batch)?;
     let device = args.device.as_deref().map(Device::load).transpose()?;
     let threads = match (args.threads, &device) {
-        (Some(0), _) => return Err(Error::input("--threads must be positive")),
         (Some(t), Some(d)) if t != d.threads => {
             return Err(Error::input(format!(
             "--threads {t}: device profile '{}' was calibrated for {} thread(s); calibrate for {t} or drop --threads",
@@ -811,19 +812,16 @@ fn bench_command(args: &BenchArgs) -> Result<String> {
         }
         (Some(t), _) => t,
         (None, Some(d)) => d.threads,
-        (None, None) => std::thread::available_parallelism().map_or(1, usize::from),
+        (None, None) => available_cores(),
     };
     let (loaded, graph) = args.spec.compile()?;
-    let params = match &args.weights {
-        Some(path) => NodeParams::from_tensors(&graph, read_tensors(path)?, &path.display().to_string())?,
-        None => NodeParams::random(&graph, 0),
-    };
+    let params = bind_params(&graph, args.weights.as_deref(), 0)?;
     let mut profile = Profile::new(&graph, &loaded.spec)?;
     if let Some(device) = &device {
         profile.predict(&graph, device);
     }
     let options = BenchOptions { batch, threads, runs: args.runs, warmup: args.warmup };
-    let bar = progress_bar(1 + args.warmup + args.runs, "bench");
+    let bar = progress_bar(args.warmup.saturating_add(args.runs).saturating_add(1), "bench");
     let result = bench(&graph, params, options, &|| bar.inc(1))?;
     bar.finish_and_clear();
     let report = BenchReport { profile: &profile, batch, threads, result: &result };
@@ -834,8 +832,8 @@ fn bench_command(args: &BenchArgs) -> Result<String> {
 }
 
 fn calibrate_command(args: &CalibrateArgs) -> Result<String> {
-    if args.threads == 0 {
-        return Err(Error::input("--threads must be positive"));
+    if args.threads == 0 || args.threads > MAX_THREADS {
+        return Err(Error::input(format!("--threads {}: must be from 1 to {MAX_THREADS}", args.threads)));
     }
     let bar = progress_bar(CALIBRATION_RUNS * RUNS_PER_CASE, "calibrate");
     let started = std::time::Instant::now();

@@ -236,7 +236,27 @@ fn bad_device_profiles_and_flags_exit_2_naming_what_is_wrong() {
     expect_error(&["bench", "--spec", &spec, "--runs", "0"], &["--runs"]);
     expect_error(&["bench", "--spec", &spec, "--batch", "0"], &["--batch"]);
     expect_error(&["calibrate", "--threads", "0"], &["--threads"]);
+    // Sizes that would exhaust memory or stall a thread pool are refused up front.
+    expect_error(&["bench", "--spec", &spec, "--runs", "1000000000000"], &["--runs", "100000"]);
+    expect_error(&["bench", "--spec", &spec, "--warmup", "18446744073709551615"], &["--warmup"]);
+    expect_error(&["bench", "--spec", &spec, "--threads", "100000"], &["--threads 100000", "1024"]);
+    expect_error(&["calibrate", "--threads", "5000"], &["--threads 5000", "1024"]);
     expect_error(&["calibrate", "--max-spread", "0.5"], &["--max-spread"]);
     expect_error(&["derive-device", "--from", &old], &["toparch_version"]);
+    // Laws that predict nothing cannot be scaled to the published latencies: refused, nothing written.
+    let zero: String = text
+        .lines()
+        .map(|l| match l.split_once(" = ") {
+            Some((key, _)) if key.starts_with("ns_per_") => format!("{key} = 0.0\n"),
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    let zero = write("zero.toml", &zero);
+    let derived = dir.join("derived.toml");
+    expect_error(
+        &["derive-device", "--from", &zero, "--out", &derived.display().to_string()],
+        &["no usable prediction"],
+    );
+    assert!(!derived.exists());
     std::fs::remove_dir_all(dir).ok();
 }

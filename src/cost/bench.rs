@@ -61,10 +61,13 @@ impl BenchResult {
     }
 }
 
+/// Most measured (or warm-up) runs a benchmark takes.
+pub const MAX_RUNS: usize = 100_000;
+
 /// Runs `graph` (batch 1) with `params` as `options` say; `tick` is called after every run.
 pub fn bench(graph: &Graph, params: NodeParams, options: BenchOptions, tick: &dyn Fn()) -> Result<BenchResult> {
-    if options.runs == 0 {
-        return Err(Error::input("--runs must be at least 1"));
+    if options.runs == 0 || options.runs > MAX_RUNS || options.warmup > MAX_RUNS {
+        return Err(Error::input(format!("--runs must be from 1 to {MAX_RUNS}, --warmup at most {MAX_RUNS}")));
     }
     if options.batch == 0 {
         return Err(Error::input("--batch must be at least 1"));

@@ -173,8 +173,8 @@ impl Device {
                 format!("written by toparch {} but this is {version}; calibrate again", device.toparch_version);
             return Err(doc.error("toparch_version", message));
         }
-        if device.threads == 0 {
-            return Err(doc.error("threads", "must be at least 1"));
+        if device.threads == 0 || device.threads > crate::exec::MAX_THREADS {
+            return Err(doc.error("threads", format!("must be from 1 to {}", crate::exec::MAX_THREADS)));
         }
         let fits = Family::ALL.iter().map(|f| (format!("families.{}", f.name()), device.families.get(f.name())));
         for (key, fit) in fits.chain([("run".to_string(), Some(&device.run))]) {

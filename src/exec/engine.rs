@@ -72,9 +72,15 @@ pub struct Executor<'g> {
     spare: std::sync::Mutex<Vec<Vec<f32>>>,
 }
 
+/// Most worker threads an executor takes: far beyond the cores toparch targets (a larger pool only stalls).
+pub const MAX_THREADS: usize = 1024;
+
 impl<'g> Executor<'g> {
-    /// Plans `graph` with `params` for `threads` worker threads (at least one).
+    /// Plans `graph` with `params` for `threads` worker threads (1 to [`MAX_THREADS`]).
     pub fn new(graph: &'g Graph, params: NodeParams, threads: usize) -> Result<Self> {
+        if threads == 0 || threads > MAX_THREADS {
+            return Err(Error::input(format!("--threads {threads}: must be from 1 to {MAX_THREADS}")));
+        }
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))
             .build()

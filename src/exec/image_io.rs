@@ -36,9 +36,19 @@ pub fn decode_image(path: &Path) -> Result<RgbImage> {
 /// allocated for it.
 pub fn decode_image_bytes(bytes: &[u8], name: &str) -> Result<RgbImage> {
     let unreadable = |e: image::ImageError| Error::input(format!("{name}: cannot read image: {e}"));
-    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| Error::input(format!("{name}: cannot read image: {e}")))?;
+    let reader = || {
+        image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| Error::input(format!("{name}: cannot read image: {e}")))
+    };
+    // The header's size is checked before anything is decoded.
+    let (width, height) = reader()?.into_dimensions().map_err(unreadable)?;
+    if width as usize * height as usize > MAX_PIXELS {
+        return Err(Error::input(format!(
+            "{name}: image is {height}×{width}; at most {MAX_PIXELS} pixels are supported"
+        )));
+    }
+    let mut reader = reader()?;
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_SIDE as u32);
     limits.max_image_height = Some(MAX_SIDE as u32);

@@ -409,11 +409,6 @@ impl Baselines {
         self.models.iter().filter(move |m| m.plots.contains(&plot))
     }
 
-    /// Entries that publish `metric`, in file order.
-    pub fn with_metric(&self, metric: Metric) -> impl Iterator<Item = &Baseline> {
-        self.models.iter().filter(move |m| m.value(metric).is_some())
-    }
-
     /// TopFormer entries for the toparch model `spec` (e.g. `topformer-small`), in file order.
     pub fn topformer(&self, spec: &str) -> Vec<&Baseline> {
         self.models.iter().filter(|m| m.spec.as_deref() == Some(spec)).collect()

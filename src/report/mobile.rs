@@ -59,6 +59,12 @@ pub fn derive_snapdragon865(local: &Device) -> Result<Device> {
     let pairs =
         cases.iter().map(|c| Ok((predict(c, local)?.network_ms(), c.ms))).collect::<Result<Vec<(f64, f64)>>>()?;
     let scale = fit_scale(&pairs);
+    if !(scale.is_finite() && scale > 0.0) {
+        return Err(Error::input(format!(
+            "'{}': its laws give no usable prediction of the published latencies (scale {scale}); calibrate again",
+            local.name
+        )));
+    }
     let worst = leave_one_out_errors(&pairs).iter().map(|e| e.abs()).fold(0.0, f64::max);
     let mut device = local.scaled(scale);
     device.name = "snapdragon865".into();
