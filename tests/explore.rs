@@ -260,6 +260,10 @@ fn bad_overrides_and_grids_exit_2_naming_the_key() {
         &["semantics_extractor.depth", "invalid type", "from --set"],
     );
     expect_error(
+        &["profile", "-v", "tiny", "--set", "semantics_extractor.depth=65536"],
+        &["semantics_extractor.depth", "more than the supported 1024", "from --set"],
+    );
+    expect_error(
         &["profile", "-v", "tiny", "--set", "head.num_classes=0"],
         &["head.num_classes: must be positive", "from --set"],
     );

@@ -254,6 +254,9 @@ pub enum Task {
 /// Largest width (written or derived), depth or class count a spec may ask for: far beyond any mobile network;
 /// with the graph's `MAX_ELEMENTS` it keeps every count within 64 bits.
 pub const MAX_SIZE: usize = 1 << 16;
+/// Most transformer blocks, or token-pyramid blocks, a spec may stack: far beyond any mobile network, and small
+/// enough that a count stays interactive.
+pub const MAX_DEPTH: usize = 1024;
 /// Largest expansion or MLP ratio.
 pub const MAX_RATIO: f64 = 64.0;
 /// Largest kernel size.
@@ -279,6 +282,10 @@ impl Spec {
         sizes.extend(self.classifier.iter().map(|c| ("classifier.num_classes".to_string(), c.num_classes)));
         if let Some((key, value)) = sizes.into_iter().find(|&(_, v)| v > MAX_SIZE) {
             return Err((key, format!("{value} is larger than the supported {MAX_SIZE}")));
+        }
+        let depths = [("semantics_extractor.depth", se.depth), ("token_pyramid.blocks", tp.blocks.len())];
+        if let Some((key, depth)) = depths.into_iter().find(|&(_, d)| d > MAX_DEPTH) {
+            return Err((key.to_string(), format!("{depth} blocks are more than the supported {MAX_DEPTH}")));
         }
         let mut channels = tp.stem_channels;
         for (i, b) in tp.blocks.iter().enumerate() {

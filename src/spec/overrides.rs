@@ -120,8 +120,9 @@ impl fmt::Display for KeyPath {
     }
 }
 
-/// Parses a value as TOML (`3`, `0.5`, `"relu"`, `[[3,1,16,1]]`, `true`); a bare word such as `relu6` is taken
-/// as a string, so shells need no nested quotes.
+/// Parses a value as TOML (`3`, `0.5`, `"relu"`, `[[3,1,16,1]]`, `true`); any other bare word of letters,
+/// digits, `_`, `-` and `.` (such as `relu6` or `256x512`) is taken as a string, so shells need no nested
+/// quotes.
 pub fn parse_value(text: &str) -> Result<toml::Value, String> {
     let text = text.trim();
     if let Ok(mut table) = format!("value = {text}").parse::<toml::Table>() {
@@ -131,8 +132,7 @@ pub fn parse_value(text: &str) -> Result<toml::Value, String> {
             }
         }
     }
-    let bare_word = text.starts_with(|c: char| c.is_ascii_alphabetic())
-        && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    let bare_word = !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
     if bare_word {
         Ok(toml::Value::String(text.to_string()))
     } else {
@@ -185,6 +185,8 @@ mod tests {
         assert_eq!(o.describe(), "token_pyramid.blocks[1]=[3, 4, 16, 2]");
         let o: Override = "head.activation=relu6".parse().unwrap();
         assert_eq!(o.value, toml::Value::String("relu6".into()));
+        let o: Override = "res=256x512".parse().unwrap();
+        assert_eq!(o.value, toml::Value::String("256x512".into()));
         let o: Override = "semantics_extractor.mlp_ratio=2.5".parse().unwrap();
         assert_eq!(o.value, toml::Value::Float(2.5));
         for bad in ["depth", "=3", "a..b=1", "a[x]=1", "a[1=1", "a.b=1 2", "a=\"x", "a=1\nb = 2"] {
