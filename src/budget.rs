@@ -85,7 +85,14 @@ impl Verdict {
 /// Reads a budgets file; every later error about it names the file and line.
 pub fn read_budgets(path: &Path) -> Result<(Budgets, Document)> {
     let (budgets, doc): (Budgets, Document) = Document::read(path)?;
+    if budgets.budget.is_empty() {
+        return Err(Error::input(format!("{}: no [[budget]] entry: a check of nothing cannot pass", path.display())));
+    }
     for (i, b) in budgets.budget.iter().enumerate() {
+        let stage_limits = b.stages.values().flat_map(|l| [l.max_flops, l.max_params]);
+        if [b.max_flops, b.max_params].into_iter().chain(stage_limits).all(|l| l.is_none()) {
+            return Err(doc.error(&format!("budget[{i}]"), "sets no limit (max_flops, max_params or a stage's)"));
+        }
         let mut limits = vec![("max_flops".to_string(), b.max_flops), ("max_params".to_string(), b.max_params)];
         for (stage, l) in &b.stages {
             limits.push((format!("stages.{stage}.max_flops"), l.max_flops));

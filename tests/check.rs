@@ -77,7 +77,9 @@ fn malformed_budgets_exit_2_with_file_and_line() {
             "no stage 'neck'",
         ),
         ("negative", "[[budget]]\nspec = \"topformer-tiny\"\nres = \"512\"\nmax_flops = -1.0\n", "non-negative"),
-        ("spec", "[[budget]]\nspec = \"topformer-huge\"\nres = \"512\"\n", "unknown variant"),
+        ("spec", "[[budget]]\nspec = \"topformer-huge\"\nres = \"512\"\nmax_flops = 1e9\n", "unknown variant"),
+        ("no-limit", "[[budget]]\nspec = \"topformer-tiny\"\nres = \"512\"\n", "sets no limit"),
+        ("empty", "budget = []\n", "no [[budget]] entry"),
     ] {
         let path = write_budgets(test, text);
         let out = check(path.to_str().unwrap(), &[]);
