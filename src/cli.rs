@@ -8,7 +8,7 @@ use crate::cost::{Convention, Device, Profile};
 use crate::error::{write_atomic, Error, Result};
 use crate::exec::image_io::{colourise, decode_image, overlay, palette, prepare, with_legend, write_png};
 use crate::exec::weights::{read_tensors, write_safetensors};
-use crate::exec::{argmax_resized, read_input, Executor, NodeParams, MAX_THREADS};
+use crate::exec::{argmax_resized, check_threads, read_input, Executor, NodeParams};
 use crate::explore::{Diff, Goal, Grid, Metric, Objective, Sweep};
 use crate::export::{export_model, ExportOptions, Opset};
 use crate::graph::Graph;
@@ -832,9 +832,7 @@ fn bench_command(args: &BenchArgs) -> Result<String> {
 }
 
 fn calibrate_command(args: &CalibrateArgs) -> Result<String> {
-    if args.threads == 0 || args.threads > MAX_THREADS {
-        return Err(Error::input(format!("--threads {}: must be from 1 to {MAX_THREADS}", args.threads)));
-    }
+    check_threads(args.threads)?;
     let bar = progress_bar(CALIBRATION_RUNS * RUNS_PER_CASE, "calibrate");
     let started = std::time::Instant::now();
     if args.max_spread.is_nan() || args.max_spread < 1.0 {

@@ -169,9 +169,8 @@ pub fn calibrate(name: &str, threads: usize, max_spread: f64, tick: &dyn Fn()) -
         let mut timed = time_steps(&graph, threads, RUNS_PER_CASE, tick)?;
         run_rows.push([0.0, 4.0 * crate::ops::numel(graph.input_shape()) as f64, 1.0]);
         run_targets.push(timed.outside_steps_ns);
-        let totals = &mut timed.totals_ms;
-        totals.sort_by(f64::total_cmp);
-        let spread = totals[totals.len() / 2] / totals[0];
+        let totals = &timed.totals_ms;
+        let spread = quantile(totals, 0.5) / totals.iter().copied().fold(f64::INFINITY, f64::min);
         if !spread.is_finite() || spread > max_spread {
             return Err(Error::input(format!(
                 "calibration cannot time reliably: {case} ran {spread:.2}x slower at the median than at \

@@ -75,12 +75,18 @@ pub struct Executor<'g> {
 /// Most worker threads an executor takes: far beyond the cores toparch targets (a larger pool only stalls).
 pub const MAX_THREADS: usize = 1024;
 
+/// Refuses a worker-thread count outside 1 to [`MAX_THREADS`], naming the `--threads` flag.
+pub fn check_threads(threads: usize) -> Result<()> {
+    if threads == 0 || threads > MAX_THREADS {
+        return Err(Error::input(format!("--threads {threads}: must be from 1 to {MAX_THREADS}")));
+    }
+    Ok(())
+}
+
 impl<'g> Executor<'g> {
     /// Plans `graph` with `params` for `threads` worker threads (1 to [`MAX_THREADS`]).
     pub fn new(graph: &'g Graph, params: NodeParams, threads: usize) -> Result<Self> {
-        if threads == 0 || threads > MAX_THREADS {
-            return Err(Error::input(format!("--threads {threads}: must be from 1 to {MAX_THREADS}")));
-        }
+        check_threads(threads)?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))
             .build()

@@ -7,7 +7,7 @@ pub mod plan;
 pub mod pth;
 pub mod weights;
 
-pub use engine::{Executor, RunOutput, StepStat, MAX_THREADS};
+pub use engine::{check_threads, Executor, RunOutput, StepStat, MAX_THREADS};
 pub use params::NodeParams;
 pub use plan::{BufferLife, Plan, PlanStep, Schedule, ScheduledStep, StepKind};
 
