@@ -69,7 +69,7 @@ pub struct Executor<'g> {
     work: Vec<Work>,
     pool: rayon::ThreadPool,
     /// Buffers kept between runs, so repeated runs neither allocate nor fault in fresh pages.
-    spare: std::sync::Mutex<Vec<Vec<f32>>>,
+    spare: std::sync::Mutex<Vec<Buffer>>,
 }
 
 /// Most worker threads an executor takes: far beyond the cores toparch targets (a larger pool only stalls).
@@ -105,7 +105,7 @@ impl<'g> Executor<'g> {
     fn fault_in_buffers(&self) {
         let g = self.graph;
         let last = g.tap_node("logits").unwrap_or(g.output());
-        let mut buffers: Vec<Option<Vec<f32>>> = vec![None; g.len()];
+        let mut buffers: Vec<Option<Buffer>> = (0..g.len()).map(|_| None).collect();
         let mut free = Vec::new();
         // A run copies its input into a buffer, which joins the spares once it is no longer read.
         buffers[g.input().index()] = Some(take_buffer(&mut free, numel(g.input_shape()) as usize));
@@ -144,8 +144,8 @@ impl<'g> Executor<'g> {
     fn execute(&self, input: &[f32], until: NodeIndex, keep: &[NodeIndex]) -> Result<RunOutput> {
         let g = self.graph;
         let schedule = self.plan.schedule(g, until, keep);
-        let mut buffers: Vec<Option<Vec<f32>>> = vec![None; g.len()];
-        let mut free: Vec<Vec<f32>> = std::mem::take(&mut *self.spare.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut buffers: Vec<Option<Buffer>> = (0..g.len()).map(|_| None).collect();
+        let mut free: Vec<Buffer> = std::mem::take(&mut *self.spare.lock().unwrap_or_else(|e| e.into_inner()));
         let mut input_copy = take_buffer(&mut free, input.len());
         input_copy.copy_from_slice(input);
         buffers[g.input().index()] = Some(input_copy);
@@ -248,7 +248,7 @@ impl<'g> Executor<'g> {
                 free.extend(buffers[i.index()].take());
             }
             if keep.contains(&out_index) {
-                kept.insert(out_index, buffers[out_index.index()].clone().unwrap_or_default());
+                kept.insert(out_index, buffers[out_index.index()].as_deref().map(<[f32]>::to_vec).unwrap_or_default());
             }
             stats.push(StepStat { nodes: step.nodes.clone(), time: start.elapsed(), macs: performed });
         }
@@ -258,21 +258,34 @@ impl<'g> Executor<'g> {
     }
 }
 
-/// A buffer of `len` values with unspecified contents: the smallest free one that is large enough, else new.
-fn take_buffer(free: &mut Vec<Vec<f32>>, len: usize) -> Vec<f32> {
-    let best =
-        free.iter().enumerate().filter(|(_, b)| b.capacity() >= len).min_by_key(|(_, b)| b.capacity()).map(|(i, _)| i);
-    let mut buf = match best {
-        Some(i) => free.swap_remove(i),
-        None => Vec::with_capacity(len),
-    };
-    // Kernels overwrite their whole output, so stale values may stay; only a grown tail is written.
-    if buf.len() > len {
-        buf.truncate(len);
-    } else {
-        buf.resize(len, 0.0);
+/// An activation buffer: `len` values in use out of `data`, which is initialised in full, so that handing it out
+/// again at another length writes nothing (resizing a `Vec` up to a length it once had would fill the tail
+/// again on every run).
+struct Buffer {
+    data: Vec<f32>,
+    len: usize,
+}
+
+impl std::ops::Deref for Buffer {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.data[..self.len]
     }
-    buf
+}
+
+impl std::ops::DerefMut for Buffer {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.data[..self.len]
+    }
+}
+
+/// A buffer of `len` values with unspecified contents: the smallest free one that is large enough, else new.
+fn take_buffer(free: &mut Vec<Buffer>, len: usize) -> Buffer {
+    let best = free.iter().enumerate().filter(|(_, b)| b.data.len() >= len).min_by_key(|(_, b)| b.data.len());
+    match best.map(|(i, _)| i) {
+        Some(i) => Buffer { len, ..free.swap_remove(i) },
+        None => Buffer { data: vec![0.0; len], len },
+    }
 }
 
 /// Binds `params` to the plan's steps: BatchNorms folded into their convs, activations fused.
