@@ -32,7 +32,7 @@ fn scratch(test: &str) -> PathBuf {
 fn per_call_device(ns_per_call: f64) -> Device {
     let mut device = Device::load("snapdragon865").unwrap();
     for fit in device.families.values_mut().chain([&mut device.run]) {
-        (fit.ns_per_work, fit.ns_per_byte, fit.ns_per_call) = (0.0, 0.0, ns_per_call);
+        *fit = toparch::cost::latency::FamilyFit::from_coefficients([0.0, 0.0, 0.0, 0.0, ns_per_call, 0.0], 1);
     }
     device
 }
@@ -224,6 +224,14 @@ fn bad_device_profiles_and_flags_exit_2_naming_what_is_wrong() {
     };
     let old = write("old.toml", &text.replace(env!("CARGO_PKG_VERSION"), "0.0.9"));
     expect_error(&["profile", "-v", "tiny", "--device", &old], &["old.toml", "toparch_version"]);
+    // A profile of the first format (one byte rate per family, no caches) names the format, not a missing key.
+    let first_format = write("format1.toml", &text.replace("format = 2\n", ""));
+    expect_error(
+        &["profile", "-v", "tiny", "--device", &first_format],
+        &["format1.toml", "format 1", "calibrate again"],
+    );
+    let missing = write("nocache.toml", &text.replace("l3_bytes = ", "l4_bytes = "));
+    expect_error(&["profile", "-v", "tiny", "--device", &missing], &["nocache.toml", "caches"]);
     let broken = write("broken.toml", &text.replace("threads = 1", "threads = \"one\""));
     expect_error(&["profile", "-v", "tiny", "--device", &broken], &["broken.toml:", "threads"]);
     let negative = write("negative.toml", &text.replacen("ns_per_work = ", "ns_per_work = -1", 1));

@@ -2,22 +2,29 @@
 //! every step is timed, and each kernel family's cost law is fitted to its steps by non-negative least squares.
 
 use super::bench::quantile;
-use super::latency::{features, nnls3, Device, Family, FamilyFit};
+use super::latency::{features, nnls, run_features, Caches, Device, Family, FamilyFit, FEATURES, PROFILE_FORMAT};
 use crate::error::{Error, Result};
 use crate::exec::{Executor, NodeParams};
 use crate::graph::Graph;
 use crate::spec::{load_embedded, MbBlock};
 use std::collections::BTreeMap;
 
-/// The networks and sizes calibration times (spec, height, width), plus [`STRIDED_DEPTHWISE_PROBE`].
-/// Held-out checks use others.
-pub const CALIBRATION_CASES: [(&str, usize, usize); 6] = [
+/// The networks and sizes calibration times (spec, height, width), plus [`STRIDED_DEPTHWISE_PROBE`]: the
+/// family from 224² to 512², so that the laws see steps whose maps stay in L2 as well as ones that stream
+/// from memory, and small steps that run on fewer threads. Held-out checks use other networks and sizes.
+pub const CALIBRATION_CASES: [(&str, usize, usize); 12] = [
     ("topformer-tiny", 512, 512),
     ("topformer-small", 512, 512),
     ("topformer-base", 512, 512),
     ("topformer-tiny", 384, 384),
     ("topformer-small", 384, 384),
     ("topformer-base", 384, 384),
+    ("topformer-tiny", 320, 320),
+    ("topformer-small", 256, 256),
+    ("topformer-base", 256, 256),
+    ("topformer-tiny", 224, 224),
+    ("topformer-small", 224, 224),
+    ("topformer-base", 224, 224),
 ];
 
 /// TopFormer-T at 512x512 with its first block (expand ratio 1, so its depthwise conv runs unfused) at stride 2:
@@ -41,7 +48,7 @@ fn calibration_graphs() -> Result<Vec<(String, Graph)>> {
 }
 
 /// Timed runs per case (after one warm-up run).
-pub const RUNS_PER_CASE: usize = 7;
+pub const RUNS_PER_CASE: usize = 15;
 
 /// By default, calibration gives up when the median run of a case is this much slower than its fastest run.
 pub const MAX_SPREAD: f64 = 1.25;
@@ -51,8 +58,8 @@ pub const MAX_SPREAD: f64 = 1.25;
 pub struct Sample {
     /// Kernel family.
     pub family: Family,
-    /// `[work, bytes, 1]`.
-    pub features: [f64; 3],
+    /// The step's [`features`].
+    pub features: [f64; FEATURES],
     /// Median time, nanoseconds.
     pub nanos: f64,
 }
@@ -68,8 +75,8 @@ pub struct TimedRuns {
     pub outside_steps_ns: f64,
 }
 
-/// A graph's plan steps timed over `runs` warm runs on `threads` threads.
-pub fn time_steps(graph: &Graph, threads: usize, runs: usize, tick: &dyn Fn()) -> Result<TimedRuns> {
+/// A graph's plan steps timed over `runs` warm runs on `threads` threads, with features for `caches`.
+pub fn time_steps(graph: &Graph, threads: usize, caches: &Caches, runs: usize, tick: &dyn Fn()) -> Result<TimedRuns> {
     let exec = Executor::new(graph, NodeParams::random(graph, 0), threads)?;
     let input = vec![0.5f32; crate::ops::numel(graph.input_shape()) as usize];
     exec.run(&input, graph.output(), &[])?;
@@ -95,7 +102,7 @@ pub fn time_steps(graph: &Graph, threads: usize, runs: usize, tick: &dyn Fn()) -
         .zip(times)
         .map(|(step, all)| Sample {
             family: Family::of(step, graph),
-            features: features(step, graph),
+            features: features(step, graph, threads, caches),
             nanos: quantile(&all, 0.5),
         })
         .collect();
@@ -111,10 +118,22 @@ pub fn fit_families(samples: &[Sample]) -> BTreeMap<String, FamilyFit> {
         if of_family.is_empty() {
             continue;
         }
-        let rows: Vec<[f64; 3]> = of_family.iter().map(|s| s.features.map(|f| f / s.nanos.sqrt())).collect();
+        let rows: Vec<[f64; FEATURES]> = of_family.iter().map(|s| s.features.map(|f| f / s.nanos.sqrt())).collect();
         let targets: Vec<f64> = of_family.iter().map(|s| s.nanos.sqrt()).collect();
-        let [ns_per_work, ns_per_byte, ns_per_call] = nnls3(&rows, &targets);
-        fits.insert(family, FamilyFit { ns_per_work, ns_per_byte, ns_per_call, samples: of_family.len() });
+        let mut law = nnls(&rows, &targets);
+        // A cache level none of the family's steps reached takes the rate of the nearest level that some did
+        // (memory from L3, L3 from L2 or memory), so a larger step than any timed is not priced at nothing.
+        let mut timed: [bool; 3] = std::array::from_fn(|l| of_family.iter().any(|s| s.features[1 + l] > 0.0));
+        for level in [1, 2, 0, 1] {
+            if !timed[level] {
+                let nearest = [level.wrapping_sub(1), level + 1, level + 2].into_iter().find(|&l| l < 3 && timed[l]);
+                if let Some(l) = nearest {
+                    law[1 + level] = law[1 + l];
+                    timed[level] = true;
+                }
+            }
+        }
+        fits.insert(family, FamilyFit::from_coefficients(law, of_family.len()));
     }
     let mut out = BTreeMap::new();
     for family in Family::ALL {
@@ -129,10 +148,7 @@ pub fn fit_families(samples: &[Sample]) -> BTreeMap<String, FamilyFit> {
             .get(&source)
             .copied()
             .map(|f| FamilyFit { samples: if source == family { f.samples } else { 0 }, ..f });
-        out.insert(
-            family.name().to_string(),
-            fit.unwrap_or(FamilyFit { ns_per_work: 0.0, ns_per_byte: 0.0, ns_per_call: 0.0, samples: 0 }),
-        );
+        out.insert(family.name().to_string(), fit.unwrap_or(FamilyFit::from_coefficients([0.0; FEATURES], 0)));
     }
     out
 }
@@ -164,10 +180,11 @@ pub struct Calibration {
 pub fn calibrate(name: &str, threads: usize, max_spread: f64, tick: &dyn Fn()) -> Result<Calibration> {
     let mut samples = Vec::new();
     let mut cases = Vec::new();
+    let caches = machine_caches();
     let (mut run_rows, mut run_targets) = (Vec::new(), Vec::new());
     for (case, graph) in calibration_graphs()? {
-        let mut timed = time_steps(&graph, threads, RUNS_PER_CASE, tick)?;
-        run_rows.push([0.0, 4.0 * crate::ops::numel(graph.input_shape()) as f64, 1.0]);
+        let mut timed = time_steps(&graph, threads, &caches, RUNS_PER_CASE, tick)?;
+        run_rows.push(run_features(&graph));
         run_targets.push(timed.outside_steps_ns);
         let totals = &timed.totals_ms;
         let spread = quantile(totals, 0.5) / totals.iter().copied().fold(f64::INFINITY, f64::min);
@@ -181,6 +198,7 @@ pub fn calibrate(name: &str, threads: usize, max_spread: f64, tick: &dyn Fn()) -
         samples.append(&mut timed.samples);
     }
     let device = Device {
+        format: PROFILE_FORMAT,
         name: name.to_string(),
         cpu: cpu_model(),
         isa: vector_isa(),
@@ -188,18 +206,62 @@ pub fn calibrate(name: &str, threads: usize, max_spread: f64, tick: &dyn Fn()) -
         toparch_version: env!("CARGO_PKG_VERSION").to_string(),
         date: today(),
         source: format!(
-            "toparch calibrate: median of {RUNS_PER_CASE} runs per step of TopFormer-T/S/B at 512x512 and 384x384 \
-             and {STRIDED_DEPTHWISE_PROBE}; \
+            "toparch calibrate: median of {RUNS_PER_CASE} runs per step of TopFormer-T/S/B at 512x512, 384x384, \
+             256x256 (S, B), 320x320 (T) and 224x224, and {STRIDED_DEPTHWISE_PROBE}; \
              worst median/fastest run {:.2}",
             cases.iter().map(|c| c.2).fold(1.0, f64::max)
         ),
+        caches,
         families: fit_families(&samples),
-        run: {
-            let [_, ns_per_byte, ns_per_call] = nnls3(&run_rows, &run_targets);
-            FamilyFit { ns_per_work: 0.0, ns_per_byte, ns_per_call, samples: run_rows.len() }
-        },
+        run: FamilyFit::from_coefficients(nnls(&run_rows, &run_targets), run_rows.len()),
     };
     Ok(Calibration { device, cases })
+}
+
+/// This machine's cache sizes: the largest private (per-core) level below the last as L2 and the last
+/// level shared by several cores as L3, from Linux's sysfs. Where they cannot be read, 1 MiB and 32 MiB
+/// (typical of current x86 server cores) stand in, and the profile says so by the sizes it records.
+pub fn machine_caches() -> Caches {
+    let dir = std::path::Path::new("/sys/devices/system/cpu/cpu0/cache");
+    let mut levels: Vec<(u32, u64, bool)> = Vec::new();
+    for index in 0..8 {
+        let read = |name: &str| std::fs::read_to_string(dir.join(format!("index{index}/{name}"))).ok();
+        let (Some(level), Some(kind), Some(size)) = (read("level"), read("type"), read("size")) else { continue };
+        if kind.trim() == "Instruction" {
+            continue;
+        }
+        let (Ok(level), Some(bytes)) = (level.trim().parse::<u32>(), parse_cache_size(size.trim())) else { continue };
+        let shared = read("shared_cpu_list").is_some_and(|list| list.contains(',') || list.contains('-'));
+        levels.push((level, bytes, shared));
+    }
+    caches_from_levels(&levels)
+}
+
+/// [`Caches`] from `(level, bytes, shared by several cores)` of the data/unified caches.
+fn caches_from_levels(levels: &[(u32, u64, bool)]) -> Caches {
+    let private = levels.iter().filter(|l| !l.2 && l.0 >= 2).map(|l| l.1).max();
+    let shared = levels.iter().filter(|l| l.2 && l.0 >= 2).max_by_key(|l| l.0).map(|l| l.1);
+    match (private, shared) {
+        (Some(l2), Some(l3)) => Caches { l2_bytes: l2, l3_bytes: l3.max(l2) },
+        (Some(l2), None) => Caches { l2_bytes: l2, l3_bytes: l2 },
+        // A shared L2 and nothing private beyond L1: the shared level is the only one.
+        (None, Some(l2)) => Caches { l2_bytes: l2, l3_bytes: l2 },
+        (None, None) => Caches { l2_bytes: 1 << 20, l3_bytes: 32 << 20 },
+    }
+}
+
+/// A sysfs cache size such as `1024K` or `32768K` or `8M`, in bytes.
+fn parse_cache_size(text: &str) -> Option<u64> {
+    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let value: u64 = digits.parse().ok()?;
+    let scale = match unit {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        _ => return None,
+    };
+    Some(value * scale)
 }
 
 /// The CPU's model name (Linux), else the architecture.
@@ -274,21 +336,49 @@ mod tests {
 
     #[test]
     fn fitting_recovers_a_synthetic_law_per_family_and_fills_untimed_families() {
-        let law = |f: [f64; 3]| 0.02 * f[0] + 0.5 * f[1] + 3000.0;
-        let samples: Vec<Sample> = (1..30)
+        let law = [0.02, 0.1, 0.5, 0.9, 3000.0, 8000.0];
+        let samples: Vec<Sample> = (1..60)
             .map(|i| {
-                let features = [(i * 100_000) as f64, ((i * 37) % 11 + 1) as f64 * 10_000.0, 1.0];
-                Sample { family: Family::Pointwise, features, nanos: law(features) }
+                let bytes = ((i * 37) % 11 + 1) as f64 * 10_000.0;
+                let mut features = [(i * 100_000) as f64, 0.0, 0.0, 0.0, 1.0, (i % 2) as f64];
+                features[1 + i % 3] = bytes;
+                let nanos = features.iter().zip(law).map(|(f, c)| f * c).sum();
+                Sample { family: Family::Pointwise, features, nanos }
             })
             .collect();
         let fits = fit_families(&samples);
         let pointwise = fits["pointwise_conv"];
-        assert_eq!(pointwise.samples, 29);
-        assert!((pointwise.ns_per_work - 0.02).abs() < 1e-9 && (pointwise.ns_per_byte - 0.5).abs() < 1e-6);
-        assert!((pointwise.ns_per_call - 3000.0).abs() < 1e-3);
+        assert_eq!(pointwise.samples, 59);
+        for (got, want) in pointwise.coefficients().iter().zip(law) {
+            assert!((got - want).abs() <= 1e-6 * want, "{pointwise:?}");
+        }
+        // Levels no step reached borrow the nearest timed level's byte rate.
+        let in_l2: Vec<Sample> = samples.iter().filter(|s| s.features[1] > 0.0).cloned().collect();
+        let l2_only = fit_families(&in_l2)["pointwise_conv"];
+        assert!((l2_only.ns_per_byte_l2 - 0.1).abs() < 1e-6, "{l2_only:?}");
+        assert_eq!(
+            (l2_only.ns_per_byte_l3, l2_only.ns_per_byte_memory),
+            (l2_only.ns_per_byte_l2, l2_only.ns_per_byte_l2)
+        );
         // Untimed families borrow the nearest timed law and say they were not timed.
         assert_eq!(fits["matmul"].ns_per_work, pointwise.ns_per_work);
         assert_eq!(fits["matmul"].samples, 0);
         assert_eq!(fits.len(), Family::ALL.len());
+    }
+
+    #[test]
+    fn cache_sizes_from_sysfs_levels() {
+        assert_eq!(parse_cache_size("1024K"), Some(1 << 20));
+        assert_eq!(parse_cache_size("8M"), Some(8 << 20));
+        assert_eq!(parse_cache_size("12x"), None);
+        // Private L1 and L2, shared L3.
+        let epyc = [(1, 32 << 10, false), (2, 1 << 20, false), (3, 32 << 20, true)];
+        assert_eq!(caches_from_levels(&epyc), Caches { l2_bytes: 1 << 20, l3_bytes: 32 << 20 });
+        // A shared L2 is the last level.
+        let shared_l2 = [(1, 64 << 10, false), (2, 4 << 20, true)];
+        assert_eq!(caches_from_levels(&shared_l2), Caches { l2_bytes: 4 << 20, l3_bytes: 4 << 20 });
+        assert_eq!(caches_from_levels(&[]), Caches { l2_bytes: 1 << 20, l3_bytes: 32 << 20 });
+        let caches = machine_caches();
+        assert!(caches.l2_bytes > 0 && caches.l3_bytes >= caches.l2_bytes, "{caches:?}");
     }
 }

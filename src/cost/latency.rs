@@ -1,12 +1,15 @@
 //! Latency predicted from a device profile: every step of the executor's plan belongs to a kernel family,
-//! and each family's time is `ns_per_work · work + ns_per_byte · bytes + ns_per_call`, with the three
-//! coefficients fitted by non-negative least squares to timed steps (`toparch calibrate`). The prediction
-//! follows the executor's own plan (its fusions included) and never runs the network.
+//! and each family's time is a linear law in the step's [`features`]: its work and bytes on the busiest
+//! thread (the kernels split a step into pieces as [`parallel_share`] follows), the bytes priced by the
+//! cache level the step's working set fits (per-core L2, shared L3, or memory), a cost per call and one
+//! per parallel split (fork/join). The six coefficients are fitted by non-negative least squares to timed
+//! steps (`toparch calibrate`). The prediction follows the executor's own plan (its fusions included) and
+//! never runs the network.
 
 use crate::error::{Error, Result};
 use crate::exec::{Plan, PlanStep, StepKind};
 use crate::graph::Graph;
-use crate::ops::{numel, Op};
+use crate::ops::{numel, Op, Shape};
 use crate::spec::Document;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -96,41 +99,227 @@ impl Family {
     }
 }
 
-/// What a step costs in the model's terms: `[work, bytes, 1]`, where work is the multiply-accumulates of its
-/// nodes plus the elements they write, and bytes the f32 data it reads and writes (weights included).
-pub fn features(step: &PlanStep, graph: &Graph) -> [f64; 3] {
+/// The cache sizes a profile's laws were fitted with: a step's bytes are priced by the smallest level its
+/// working set fits. Read from the machine at calibration time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Caches {
+    /// One core's L2 (or the largest private level), bytes.
+    pub l2_bytes: u64,
+    /// The shared last-level cache, bytes (0 when there is none beyond L2).
+    pub l3_bytes: u64,
+}
+
+impl Caches {
+    /// Index of the level a working set of `bytes` on one thread (`whole` on all threads) fits:
+    /// 0 for L2, 1 for L3, 2 for memory.
+    fn level(&self, per_thread: f64, whole: f64) -> usize {
+        if per_thread <= self.l2_bytes as f64 {
+            0
+        } else if whole <= self.l3_bytes as f64 {
+            1
+        } else {
+            2
+        }
+    }
+}
+
+/// Number of model features: see [`features`].
+pub const FEATURES: usize = 6;
+
+/// What a step costs in the model's terms on `threads` threads, as `[work, bytes in L2, bytes in L3, bytes
+/// from memory, 1, forks]`: work is the multiply-accumulates of its nodes plus the elements they write, bytes
+/// the f32 data it reads and writes (weights included), both times the busiest thread's share
+/// ([`parallel_share`]); the bytes go to the one cache level their working set fits; `forks` is 1 when the
+/// step is split across threads (a fork/join), else 0.
+pub fn features(step: &PlanStep, graph: &Graph, threads: usize, caches: &Caches) -> [f64; FEATURES] {
     let work: u64 = step.nodes.iter().map(|&n| graph.node(n).cost.macs + numel(&graph.node(n).shape)).sum();
     let read: u64 = step.reads.iter().map(|&r| numel(&graph.node(r).shape)).sum();
     let written = numel(&graph.node(step.output()).shape);
     let weights: u64 = step.nodes.iter().flat_map(|&n| &graph.node(n).params).map(|p| numel(&p.shape)).sum();
-    [work as f64, 4.0 * (read + written + weights) as f64, 1.0]
+    let bytes = 4.0 * (read + written + weights) as f64;
+    let share = parallel_share(step, graph, threads);
+    let mut f = [0.0; FEATURES];
+    f[0] = share * work as f64;
+    f[1 + caches.level(share * bytes, bytes)] = share * bytes;
+    f[4] = 1.0;
+    f[5] = if share < 1.0 { 1.0 } else { 0.0 };
+    f
 }
 
-/// One family's fitted cost law.
+/// The share of a step's work that its busiest thread does on `threads` threads: 1 when the kernel runs it
+/// serially, `ceil(pieces / threads) / pieces` when it splits it into equal pieces. This follows how the
+/// kernels parallelise (each at one level, see `kernels`): GEMMs (1×1 convs, matmuls) in blocks of about
+/// 32 K output floats and not below 32 K multiply-accumulates; im2col convs in pixel tiles of about 48 K
+/// floats of columns; depthwise convs, resizes and pools over channels, softmax over rows, each with the
+/// minimum piece its kernel sets; a fused expand+depthwise in one piece per thread (rows, or channels when
+/// the image is too short); attention matmuls over heads; everything else serially.
+pub fn parallel_share(step: &PlanStep, graph: &Graph, threads: usize) -> f64 {
+    if threads <= 1 {
+        return 1.0;
+    }
+    let first = graph.node(step.nodes[0]);
+    let input = &graph.node(first.inputs[0]).shape;
+    let out = &graph.node(step.output()).shape;
+    let (c, h, w) = chw(&first.shape);
+    match (step.kind, &first.op) {
+        (StepKind::ExpandDepthwise { depthwise_at }, _) => {
+            let Op::Conv2d(dw) = &graph.node(step.nodes[depthwise_at]).op else { return 1.0 };
+            let (hidden, out_h, _) = chw(out);
+            let (_, in_h, _) = chw(input);
+            let by_rows = (dw.kernel.saturating_sub(dw.stride)) * (threads - 1) * 32 <= in_h;
+            if by_rows {
+                pieces_share(out_h, threads.min(out_h))
+            } else {
+                pieces_share(hidden, threads.min(hidden))
+            }
+        }
+        (StepKind::ResizeAdd, _) | (StepKind::Op, Op::Resize(_)) => {
+            let (_, in_h, in_w) = chw(&graph.node(step.reads[0]).shape);
+            if (in_h, in_w) == (h, w) {
+                1.0
+            } else {
+                split_share(c, (4096 / (h * w).max(1)).max(1), threads)
+            }
+        }
+        (StepKind::Conv, Op::Conv2d(conv)) => {
+            let (cin, _, _) = chw(input);
+            let (cout, oh, ow) = chw(out);
+            let pixels = oh * ow;
+            if conv.groups > 1 && conv.groups == conv.in_channels && conv.groups == conv.out_channels {
+                split_share(cout, (4096 / (pixels * conv.kernel * conv.kernel).max(1)).max(1), threads)
+            } else if conv.groups == 1 && conv.kernel == 1 && conv.stride == 1 && conv.padding == 0 {
+                gemm_share(cout, cin, pixels, threads)
+            } else {
+                let kdim = (cin / conv.groups.max(1)) * conv.kernel * conv.kernel;
+                let cache_tile = (48 * 1024 / kdim.max(1)).clamp(64, 4096);
+                let tiles = pixels.div_ceil(cache_tile).next_multiple_of(threads);
+                let tile = pixels.div_ceil(tiles).next_multiple_of(16);
+                pieces_share(pixels.div_ceil(tile), threads)
+            }
+        }
+        (StepKind::Op, Op::MatMul(m)) => {
+            let b = &graph.node(first.inputs[1]).shape;
+            match m.dims(input, b) {
+                Ok(d) if d.batch > 1 => pieces_share(d.batch, threads),
+                Ok(d) => gemm_share(d.m, d.k, d.n, threads),
+                Err(_) => 1.0,
+            }
+        }
+        (StepKind::Op, Op::Softmax(_)) => {
+            let row = first.shape.last().copied().unwrap_or(1).max(1);
+            split_share(numel(&first.shape) as usize / row, (8192 / row).max(1), threads)
+        }
+        (StepKind::Op, Op::AdaptiveAvgPool(_) | Op::GlobalAvgPool(_)) => {
+            let (ic, ih, iw) = chw(input);
+            split_share(ic, (4096 / (ih * iw).max(1)).max(1), threads)
+        }
+        _ => 1.0,
+    }
+}
+
+/// Channels, height and width of an NCHW shape (batch 1); other ranks as (elements, 1, 1).
+fn chw(shape: &Shape) -> (usize, usize, usize) {
+    match shape.len() {
+        4 => (shape[1], shape[2], shape[3]),
+        _ => (numel(shape) as usize, 1, 1),
+    }
+}
+
+/// The busiest thread's share of `pieces` equal pieces dealt to `threads` threads.
+fn pieces_share(pieces: usize, threads: usize) -> f64 {
+    if pieces <= 1 {
+        return 1.0;
+    }
+    pieces.div_ceil(threads.max(1)) as f64 / pieces as f64
+}
+
+/// The busiest thread's share of `items` split by rayon with a minimum of `min_len` items per piece.
+fn split_share(items: usize, min_len: usize, threads: usize) -> f64 {
+    let pieces = (items / min_len.max(1)).min(threads);
+    if pieces <= 1 {
+        return 1.0;
+    }
+    items.div_ceil(pieces) as f64 / items as f64
+}
+
+/// The busiest thread's share of an `m × k · k × n` GEMM split in blocks of output (the kernels' `par_gemm`).
+fn gemm_share(m: usize, k: usize, n: usize, threads: usize) -> f64 {
+    const PAR_MIN_MACS: usize = 1 << 15;
+    const BLOCK_FLOATS: usize = 32 * 1024;
+    if m * k * n < PAR_MIN_MACS || m * n == 0 {
+        return 1.0;
+    }
+    let blocks = (m * n).div_ceil(BLOCK_FLOATS).next_multiple_of(threads);
+    let pieces = if n >= m {
+        n.div_ceil(n.div_ceil(blocks).max(64).next_multiple_of(16))
+    } else {
+        m.div_ceil(m.div_ceil(blocks).max(16).next_multiple_of(8))
+    };
+    pieces_share(pieces, threads)
+}
+
+/// One family's fitted cost law: nanoseconds per unit of each of the [`features`].
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FamilyFit {
-    /// Nanoseconds per unit of work (multiply-accumulate or element written).
+    /// Nanoseconds per unit of work (multiply-accumulate or element written) on the busiest thread.
     pub ns_per_work: f64,
-    /// Nanoseconds per byte read or written.
-    pub ns_per_byte: f64,
+    /// Nanoseconds per byte read or written when the working set fits one core's L2.
+    pub ns_per_byte_l2: f64,
+    /// Nanoseconds per byte when it fits the shared L3.
+    pub ns_per_byte_l3: f64,
+    /// Nanoseconds per byte when it streams from memory.
+    pub ns_per_byte_memory: f64,
     /// Nanoseconds per call.
     pub ns_per_call: f64,
+    /// Nanoseconds per fork/join, when the step is split across threads.
+    pub ns_per_fork: f64,
     /// Timed steps the fit used.
     pub samples: usize,
 }
 
 impl FamilyFit {
+    /// A law from its coefficients, in [`features`] order.
+    pub fn from_coefficients(c: [f64; FEATURES], samples: usize) -> Self {
+        FamilyFit {
+            ns_per_work: c[0],
+            ns_per_byte_l2: c[1],
+            ns_per_byte_l3: c[2],
+            ns_per_byte_memory: c[3],
+            ns_per_call: c[4],
+            ns_per_fork: c[5],
+            samples,
+        }
+    }
+
+    /// The coefficients, in [`features`] order.
+    pub fn coefficients(&self) -> [f64; FEATURES] {
+        [
+            self.ns_per_work,
+            self.ns_per_byte_l2,
+            self.ns_per_byte_l3,
+            self.ns_per_byte_memory,
+            self.ns_per_call,
+            self.ns_per_fork,
+        ]
+    }
+
     /// Predicted nanoseconds of a step with `features`.
-    pub fn nanos(&self, [work, bytes, calls]: [f64; 3]) -> f64 {
-        self.ns_per_work * work + self.ns_per_byte * bytes + self.ns_per_call * calls
+    pub fn nanos(&self, features: [f64; FEATURES]) -> f64 {
+        self.coefficients().iter().zip(features).map(|(c, f)| c * f).sum()
     }
 }
+
+/// The device-profile format this toparch reads and writes (1: one byte rate per family, no caches).
+pub const PROFILE_FORMAT: u32 = 2;
 
 /// A device profile: where it was calibrated and the cost law of every kernel family.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Device {
+    /// The profile format ([`PROFILE_FORMAT`]).
+    pub format: u32,
     /// Short name (`snapdragon865`, or the calibrated machine's).
     pub name: String,
     /// CPU model.
@@ -145,10 +334,12 @@ pub struct Device {
     pub date: String,
     /// How the profile was obtained.
     pub source: String,
+    /// The cache sizes the laws were fitted with.
+    pub caches: Caches,
     /// Cost law per family, by [`Family::name`].
     pub families: BTreeMap<String, FamilyFit>,
-    /// What a run costs outside its steps (the input's copy, the schedule): `ns_per_byte` of input and
-    /// `ns_per_call` per run; `ns_per_work` is unused.
+    /// What a run costs outside its steps (the input's copy, the schedule): `ns_per_byte_memory` per byte
+    /// of input and `ns_per_call` per run; the other coefficients are unused (0).
     pub run: FamilyFit,
 }
 
@@ -166,6 +357,17 @@ pub fn embedded_devices() -> &'static [(&'static str, &'static str)] {
 impl Device {
     /// Parses a profile; an error names `origin`, the line and the key.
     pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        // An older format is named as such, before its fields are found missing.
+        if let Ok(table) = text.parse::<toml::Table>() {
+            let format = table.get("format").map_or(Some(1), toml::Value::as_integer);
+            if format.is_some_and(|f| f != i64::from(PROFILE_FORMAT)) {
+                let found = format.unwrap_or(1);
+                return Err(Error::input(format!(
+                    "{origin}: format: profile format {found}, but this toparch reads format {PROFILE_FORMAT}; \
+                     calibrate again (or derive-device from a new calibration)"
+                )));
+            }
+        }
         let (device, doc): (Device, Document) = Document::parse(origin.to_string(), text, None)?;
         let version = env!("CARGO_PKG_VERSION");
         if device.toparch_version != version {
@@ -179,8 +381,7 @@ impl Device {
         let fits = Family::ALL.iter().map(|f| (format!("families.{}", f.name()), device.families.get(f.name())));
         for (key, fit) in fits.chain([("run".to_string(), Some(&device.run))]) {
             let fit = fit.ok_or_else(|| doc.error(&key, "missing"))?;
-            let values = [fit.ns_per_work, fit.ns_per_byte, fit.ns_per_call];
-            if values.iter().any(|v| !v.is_finite() || *v < 0.0) {
+            if fit.coefficients().iter().any(|v| !v.is_finite() || *v < 0.0) {
                 return Err(doc.error(&key, "coefficients must be finite and non-negative"));
             }
         }
@@ -221,12 +422,16 @@ impl Device {
     pub fn scaled(&self, scale: f64) -> Device {
         let mut device = self.clone();
         for fit in device.families.values_mut().chain([&mut device.run]) {
-            fit.ns_per_work *= scale;
-            fit.ns_per_byte *= scale;
-            fit.ns_per_call *= scale;
+            *fit = FamilyFit::from_coefficients(fit.coefficients().map(|c| c * scale), fit.samples);
         }
         device
     }
+}
+
+/// A run's own cost in the model's terms: the input's bytes (copied from memory) and one call, in
+/// [`features`] order.
+pub fn run_features(graph: &Graph) -> [f64; FEATURES] {
+    [0.0, 0.0, 0.0, 4.0 * numel(graph.input_shape()) as f64, 1.0, 0.0]
 }
 
 /// Predicted time of every step of a graph's plan.
@@ -250,17 +455,21 @@ impl Prediction {
         let plan = Plan::new(graph);
         let mut node_ms = vec![0.0; graph.len()];
         for step in &plan.steps {
-            let ms = device.fit(Family::of(step, graph)).nanos(features(step, graph)) / 1e6;
+            let ms =
+                device.fit(Family::of(step, graph)).nanos(features(step, graph, device.threads, &device.caches)) / 1e6;
             node_ms[step.nodes[0].index()] += ms;
         }
-        let run_ms = device.run.nanos([0.0, 4.0 * numel(graph.input_shape()) as f64, 1.0]) / 1e6;
+        let run_ms = device.run.nanos(run_features(graph)) / 1e6;
         let total_ms = node_ms.iter().sum::<f64>() + run_ms;
         let output = graph.node(graph.output());
         let (final_resize_ms, argmax_ms) = match output.op {
             Op::Resize(_) => {
-                // Argmax reads every score once and writes one class per pixel.
+                // Argmax reads every score once and writes one class per pixel, serially (no kernel of its own).
                 let scores = numel(&output.shape) as f64;
-                let argmax = device.fit(Family::Elementwise).nanos([scores, 4.0 * scores, 1.0]) / 1e6;
+                let bytes = 4.0 * scores;
+                let mut f = [scores, 0.0, 0.0, 0.0, 1.0, 0.0];
+                f[1 + device.caches.level(bytes, bytes)] = bytes;
+                let argmax = device.fit(Family::Elementwise).nanos(f) / 1e6;
                 (node_ms[graph.output().index()], argmax)
             }
             _ => (0.0, 0.0),
@@ -279,20 +488,25 @@ impl Prediction {
     }
 }
 
-/// Non-negative least squares for three unknowns: the best of the unconstrained solutions over every subset
-/// of free unknowns (the others held at 0) that stays non-negative. Columns are scaled to unit norm first.
-pub fn nnls3(rows: &[[f64; 3]], targets: &[f64]) -> [f64; 3] {
-    let norms: Vec<f64> = (0..3)
-        .map(|j| rows.iter().map(|r| r[j] * r[j]).sum::<f64>().sqrt())
-        .map(|n| if n > 0.0 { n } else { 1.0 })
-        .collect();
-    let scaled: Vec<[f64; 3]> = rows.iter().map(|r| [r[0] / norms[0], r[1] / norms[1], r[2] / norms[2]]).collect();
-    let residual = |x: &[f64; 3]| -> f64 {
-        scaled.iter().zip(targets).map(|(r, t)| (r[0] * x[0] + r[1] * x[1] + r[2] * x[2] - t).powi(2)).sum()
+/// Non-negative least squares for `N` unknowns (a handful): the best of the unconstrained solutions over
+/// every subset of free unknowns (the others held at 0) that stays non-negative. Columns are scaled to unit
+/// norm first; a column that is zero in every row stays 0.
+pub fn nnls<const N: usize>(rows: &[[f64; N]], targets: &[f64]) -> [f64; N] {
+    let norms: [f64; N] = std::array::from_fn(|j| {
+        let n = rows.iter().map(|r| r[j] * r[j]).sum::<f64>().sqrt();
+        if n > 0.0 {
+            n
+        } else {
+            1.0
+        }
+    });
+    let scaled: Vec<[f64; N]> = rows.iter().map(|r| std::array::from_fn(|j| r[j] / norms[j])).collect();
+    let residual = |x: &[f64; N]| -> f64 {
+        scaled.iter().zip(targets).map(|(r, t)| (r.iter().zip(x).map(|(a, b)| a * b).sum::<f64>() - t).powi(2)).sum()
     };
-    let mut best = ([0.0; 3], residual(&[0.0; 3]));
-    for mask in 1u8..8 {
-        let free: Vec<usize> = (0..3).filter(|j| mask & (1 << j) != 0).collect();
+    let mut best = ([0.0; N], residual(&[0.0; N]));
+    for mask in 1u32..(1 << N) {
+        let free: Vec<usize> = (0..N).filter(|j| mask & (1 << j) != 0).collect();
         let Some(solution) = least_squares(&scaled, targets, &free) else { continue };
         if solution.iter().all(|&v| v >= 0.0) {
             let r = residual(&solution);
@@ -301,12 +515,12 @@ pub fn nnls3(rows: &[[f64; 3]], targets: &[f64]) -> [f64; 3] {
             }
         }
     }
-    [best.0[0] / norms[0], best.0[1] / norms[1], best.0[2] / norms[2]]
+    std::array::from_fn(|j| best.0[j] / norms[j])
 }
 
 /// The least-squares solution over the `free` unknowns (others 0), by the normal equations and Gaussian
 /// elimination with partial pivoting; `None` when they are singular.
-fn least_squares(rows: &[[f64; 3]], targets: &[f64], free: &[usize]) -> Option<[f64; 3]> {
+fn least_squares<const N: usize>(rows: &[[f64; N]], targets: &[f64], free: &[usize]) -> Option<[f64; N]> {
     let n = free.len();
     let mut a = vec![vec![0.0; n + 1]; n];
     for (r, t) in rows.iter().zip(targets) {
@@ -333,7 +547,7 @@ fn least_squares(rows: &[[f64; 3]], targets: &[f64], free: &[usize]) -> Option<[
             }
         }
     }
-    let mut x = [0.0; 3];
+    let mut x = [0.0; N];
     for (i, &fi) in free.iter().enumerate() {
         x[fi] = a[i][n] / a[i][i];
     }
@@ -368,7 +582,7 @@ mod tests {
         let rows: Vec<[f64; 3]> =
             (1..40).map(|i| [(i * i * 1000) as f64, ((i * 7919) % 5000 + 100) as f64 * 64.0, 1.0]).collect();
         let targets: Vec<f64> = rows.iter().map(|r| r[0] * truth[0] + r[1] * truth[1] + truth[2]).collect();
-        let fit = nnls3(&rows, &targets);
+        let fit = nnls(&rows, &targets);
         for (got, want) in fit.iter().zip(truth) {
             assert!((got - want).abs() <= 1e-6 * want, "{fit:?} vs {truth:?}");
         }
@@ -379,9 +593,56 @@ mod tests {
         // Time falls with bytes in these samples; an unconstrained fit would give bytes a negative rate.
         let rows = [[100.0, 50.0, 1.0], [200.0, 40.0, 1.0], [300.0, 30.0, 1.0], [400.0, 5.0, 1.0]];
         let targets = [110.0, 205.0, 300.0, 420.0];
-        let fit = nnls3(&rows, &targets);
+        let fit = nnls(&rows, &targets);
         assert!(fit.iter().all(|&v| v >= 0.0), "{fit:?}");
         assert!((fit[0] - 1.0).abs() < 0.1, "{fit:?}");
+    }
+
+    #[test]
+    fn shares_follow_the_kernels_splits() {
+        // GEMMs: too small to split, split in column blocks, in row blocks; an odd block count leaves one
+        // thread a larger share.
+        assert_eq!(gemm_share(8, 8, 64, 2), 1.0);
+        assert_eq!(gemm_share(64, 64, 64 * 64, 2), 0.5);
+        assert_eq!(gemm_share(4096, 64, 16, 2), 0.5);
+        assert_eq!(pieces_share(3, 2), 2.0 / 3.0);
+        // rayon's minimum piece: 3 items of at least 2 do not split.
+        assert_eq!(split_share(3, 2, 2), 1.0);
+        assert_eq!(split_share(150, 1, 2), 0.5);
+        assert_eq!(split_share(150, 1, 1), 1.0);
+    }
+
+    #[test]
+    fn features_split_work_by_threads_and_bytes_by_cache_level() {
+        let graph = crate::spec::load_embedded("topformer-tiny").unwrap().compile(256, 256).unwrap();
+        let plan = Plan::new(&graph);
+        let caches = Caches { l2_bytes: 1 << 20, l3_bytes: 8 << 20 };
+        let mut levels = [0usize; 3];
+        let (mut forks, mut serial) = (0, 0);
+        for step in &plan.steps {
+            let one = features(step, &graph, 1, &caches);
+            let two = features(step, &graph, 2, &caches);
+            assert_eq!(parallel_share(step, &graph, 1), 1.0);
+            assert_eq!(one[5], 0.0, "no fork/join on one thread");
+            assert_eq!(one[4], 1.0);
+            // The bytes sit at exactly one level.
+            let at: Vec<usize> = (0..3).filter(|&l| one[1 + l] > 0.0).collect();
+            assert_eq!(at.len(), 1, "{one:?}");
+            levels[at[0]] += 1;
+            let share = parallel_share(step, &graph, 2);
+            assert!((0.5..=1.0).contains(&share), "{share}");
+            assert!((two[0] - share * one[0]).abs() <= 1e-9 * one[0]);
+            assert_eq!(two[5], if share < 1.0 { 1.0 } else { 0.0 });
+            if share < 1.0 {
+                forks += 1;
+            } else {
+                serial += 1;
+                assert!(two[..4].iter().zip(&one[..4]).all(|(a, b)| a == b), "{two:?} vs {one:?}");
+            }
+        }
+        // Tiny at 256² has steps in L2, in L3 and beyond it (the final resize), split and serial steps.
+        assert!(levels.iter().all(|&n| n > 0), "{levels:?}");
+        assert!(forks > 0 && serial > 0, "{forks} {serial}");
     }
 
     #[test]
@@ -410,8 +671,12 @@ mod tests {
         let missing = text.replace("[families.softmax]", "[families.softmaxx]");
         let err = Device::parse(&missing, "d.toml").unwrap_err().to_string();
         assert!(err.contains("families.softmax"), "{err}");
-        let err = Device::parse("name = 1", "d.toml").unwrap_err().to_string();
+        let first_format = text.replace(&format!("format = {PROFILE_FORMAT}\n"), "");
+        let err = Device::parse(&first_format, "d.toml").unwrap_err().to_string();
+        assert!(err.starts_with("d.toml") && err.contains("format 1") && err.contains("calibrate again"), "{err}");
+        let err = Device::parse("format = 2\nname = 1", "d.toml").unwrap_err().to_string();
         assert!(err.starts_with("d.toml") && err.contains("name"), "{err}");
+        assert!(Device::parse("name = 1", "d.toml").unwrap_err().to_string().contains("format 1"));
         assert!(Device::load("no-such-device").unwrap_err().to_string().contains("snapdragon865"));
     }
 }
