@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use super::matmul::{gemm, par_gemm, view2, view2_mut};
 use super::simd::{F32x8, Vector};
 use super::Activation;
-use super::{bias_act, has_avx2_fma, vector_isa, with_scratch, Isa};
+use super::{bias_act, has_avx2_fma, vector_isa, with_scratch, Isa, ScratchGuard};
 
 /// Dimensions of one 2-D convolution (PyTorch semantics: zero padding, dilation 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -324,6 +324,22 @@ impl<const S: usize> DwPlan<S> {
     pub(super) fn buf_len(&self) -> usize {
         self.rows * S * self.phase_w
     }
+
+    /// Writes the zeros of the padded copy into `buf` (the plan's [`buf_len`](Self::buf_len) floats) for
+    /// `input_rows` input rows: the rows above and below them, and the columns left and right of each. They
+    /// are the same for every channel, so [`dw_channel`] writes only the input values over them.
+    pub(super) fn lay_zeros(&self, input_rows: usize, buf: &mut [f32]) {
+        for (ry, row) in buf[..self.buf_len()].chunks_exact_mut(S * self.phase_w).enumerate() {
+            if ry < self.pad_h || ry >= self.pad_h + input_rows {
+                row.fill(0.0);
+                continue;
+            }
+            for (phase, &(lo, hi, _)) in row.chunks_exact_mut(self.phase_w).zip(&self.spans) {
+                phase[..lo].fill(0.0);
+                phase[hi.max(lo)..].fill(0.0);
+            }
+        }
+    }
 }
 
 /// Depthwise convolution with a `K × K` kernel and stride `S`, parallel over channels.
@@ -337,22 +353,28 @@ fn depthwise<const K: usize, const S: usize>(
 ) -> u64 {
     let plan = DwPlan::<S>::new::<K>(d, 0, d.out_h, vector_isa());
     let (in_plane, out_plane) = (d.in_h * d.in_w, d.out_h * d.out_w);
+    // Each run of channels on a thread lays the padding's zeros once and then writes only input values.
+    let padded_plane = || {
+        let mut scratch = ScratchGuard::take(plan.buf_len());
+        plan.lay_zeros(d.in_h, scratch.as_mut_slice());
+        scratch
+    };
     out.par_chunks_mut(out_plane)
         .enumerate()
         .with_min_len((4096 / (out_plane * K * K)).max(1))
-        .map(|(c, y)| {
+        .map_init(padded_plane, |scratch, (c, y)| {
             let x = DwIn { x: &input[c * in_plane..][..in_plane], bias: 0.0, act: None };
             let w = &weight[c * K * K..][..K * K];
             let out = DwOut { y, bias: bias.map_or(0.0, |b| b[c]), act };
-            with_scratch(plan.buf_len(), |buf| dw_channel::<K, S>(x, w, &plan, buf, out));
+            dw_channel::<K, S>(x, w, &plan, scratch.as_mut_slice(), out);
             (out_plane * K * K) as u64
         })
         .sum()
 }
 
-/// One depthwise channel (or band of it): pads the input rows `x` (applying their pending bias and
-/// activation) into `buf` (at least [`DwPlan::buf_len`] floats) and writes `out`, with the plan's
-/// instruction set.
+/// One depthwise channel (or band of it): copies the input rows `x` (applying their pending bias and
+/// activation) into `buf` (at least [`DwPlan::buf_len`] floats, holding the zeros
+/// [`DwPlan::lay_zeros`] laid for as many input rows) and writes `out`, with the plan's instruction set.
 #[inline]
 pub(super) fn dw_channel<const K: usize, const S: usize>(
     x: DwIn,
@@ -396,8 +418,8 @@ fn dw_plane_avx512<const K: usize, const S: usize, V: Vector>(
     dw_plane::<K, S, V, true>(x, w, p, buf, y);
 }
 
-/// One depthwise channel: pads `x` into `buf`, then computes the output two rows at a time in tiles
-/// of `V` vectors (`FMA`: the caller is compiled for AVX2 and FMA).
+/// One depthwise channel: copies `x` into the padded `buf`, then computes the output two rows at a time in
+/// tiles of `V` vectors (`FMA`: the caller is compiled for AVX2 and FMA).
 #[inline(always)]
 fn dw_plane<const K: usize, const S: usize, V: Vector, const FMA: bool>(
     x: DwIn,
@@ -406,7 +428,7 @@ fn dw_plane<const K: usize, const S: usize, V: Vector, const FMA: bool>(
     buf: &mut [f32],
     mut y: DwOut,
 ) {
-    dw_pad::<S, FMA>(x, p, buf);
+    dw_copy_in::<S, FMA>(x, p, buf);
     let mut oy = 0;
     debug_assert_eq!(p.lanes, V::LANES);
     if p.out_w <= 2 * V::LANES {
@@ -425,29 +447,20 @@ fn dw_plane<const K: usize, const S: usize, V: Vector, const FMA: bool>(
     }
 }
 
-/// Writes the zero-padded, phase-split copy of the input rows `x` (with their pending bias and
-/// activation applied) into `buf` (exactly the plan's [`DwPlan::buf_len`] floats), touching every
-/// element once; rows past the end of `x` are zero.
+/// Writes the input rows `x` (with their pending bias and activation applied) into their places in the
+/// phase-split padded copy `buf`, whose zeros [`DwPlan::lay_zeros`] laid.
 #[inline(always)]
-fn dw_pad<const S: usize, const FMA: bool>(x: DwIn, p: &DwPlan<S>, buf: &mut [f32]) {
+fn dw_copy_in<const S: usize, const FMA: bool>(x: DwIn, p: &DwPlan<S>, buf: &mut [f32]) {
     let row_stride = S * p.phase_w;
-    let mut src_rows = x.x.chunks_exact(p.in_w);
     // Decided once per plane: deciding per row made 16² planes 20 % slower.
     let pending = x.bias != 0.0 || x.act.is_some();
-    for (ry, dst) in buf.chunks_exact_mut(row_stride).enumerate() {
-        let src = if ry >= p.pad_h { src_rows.next() } else { None };
-        let Some(src) = src else {
-            dst.fill(0.0);
-            continue;
-        };
+    let rows = buf[p.pad_h * row_stride..p.buf_len()].chunks_exact_mut(row_stride);
+    for (src, dst) in x.x.chunks_exact(p.in_w).zip(rows) {
         for (dst, &(lo, hi, first)) in dst.chunks_exact_mut(p.phase_w).zip(&p.spans) {
-            let (head, rest) = dst.split_at_mut(lo);
-            let (mid, tail) = rest.split_at_mut(hi - lo);
-            head.fill(0.0);
-            tail.fill(0.0);
-            if mid.is_empty() {
+            if hi <= lo {
                 continue;
             }
+            let mid = &mut dst[lo..hi];
             gather(mid, &src[first..], S, FMA);
             if pending {
                 bias_act(mid.iter_mut(), x.bias, x.act);

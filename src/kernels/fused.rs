@@ -195,6 +195,7 @@ fn run_piece<const K: usize, const S: usize>(
             let plan = DwPlan::<S>::new::<K>(d, band_oy0, band.len_of(Axis(1)), isa);
             let first = DwPlan::<S>::first_input_row(d, band_oy0);
             let end = ((band_oy0 + band.len_of(Axis(1)) - 1) * S + K).saturating_sub(d.pad_h).min(e.in_h);
+            plan.lay_zeros(end - first, buf);
             let keep = if held.0 <= first && first < held.1 { held.1 - first } else { 0 };
             if keep > 0 && first > held.0 {
                 for channel in expanded.chunks_exact_mut(channel_len) {

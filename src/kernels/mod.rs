@@ -53,6 +53,35 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     result
 }
 
+/// This thread's scratch buffer, taken out of the thread-local for as long as the guard lives (for work
+/// items that share one buffer, such as rayon's `map_init` state); dropping it puts the buffer back.
+struct ScratchGuard {
+    buf: Vec<f32>,
+    len: usize,
+}
+
+impl ScratchGuard {
+    /// The buffer, at least `len` values long (contents unspecified).
+    fn take(len: usize) -> Self {
+        let mut buf = SCRATCH.take();
+        if buf.len() < len {
+            buf.resize(len, 0.0);
+        }
+        ScratchGuard { buf, len }
+    }
+
+    /// Its first `len` values.
+    fn as_mut_slice(&mut self) -> &mut [f32] {
+        &mut self.buf[..self.len]
+    }
+}
+
+impl Drop for ScratchGuard {
+    fn drop(&mut self) {
+        SCRATCH.set(std::mem::take(&mut self.buf));
+    }
+}
+
 /// The vector instruction sets the hand-written kernels are compiled for, narrowest first; the
 /// widest one the CPU has is chosen at run time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
