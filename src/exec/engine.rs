@@ -284,7 +284,12 @@ fn take_buffer(free: &mut Vec<Buffer>, len: usize) -> Buffer {
     let best = free.iter().enumerate().filter(|(_, b)| b.data.len() >= len).min_by_key(|(_, b)| b.data.len());
     match best.map(|(i, _)| i) {
         Some(i) => Buffer { len, ..free.swap_remove(i) },
-        None => Buffer { data: vec![0.0; len], len },
+        None => {
+            // Written rather than allocated zeroed (which maps untouched pages), so the pages are faulted in now.
+            let mut data = Vec::with_capacity(len);
+            data.resize(len, 0.0);
+            Buffer { data, len }
+        }
     }
 }
 
