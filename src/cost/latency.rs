@@ -9,6 +9,7 @@
 use crate::error::{Error, Result};
 use crate::exec::{Plan, PlanStep, StepKind};
 use crate::graph::Graph;
+use crate::kernels;
 use crate::ops::{numel, Op, Shape};
 use crate::spec::Document;
 use serde::{Deserialize, Serialize};
@@ -153,7 +154,8 @@ pub fn features(step: &PlanStep, graph: &Graph, threads: usize, caches: &Caches)
 /// 32 K output floats and not below 32 K multiply-accumulates; im2col convs in pixel tiles of about 48 K
 /// floats of columns; depthwise convs, resizes and pools over channels, softmax over rows, each with the
 /// minimum piece its kernel sets; a fused expand+depthwise in one piece per thread (rows, or channels when
-/// the image is too short); attention matmuls over heads; everything else serially.
+/// the image is too short); attention matmuls over heads; elementwise ops in pieces of
+/// [`kernels::ELEMENTWISE_PIECE`]; everything else serially.
 pub fn parallel_share(step: &PlanStep, graph: &Graph, threads: usize) -> f64 {
     if threads <= 1 {
         return 1.0;
@@ -209,6 +211,14 @@ pub fn parallel_share(step: &PlanStep, graph: &Graph, threads: usize) -> f64 {
         (StepKind::Op, Op::Softmax(_)) => {
             let row = first.shape.last().copied().unwrap_or(1).max(1);
             split_share(numel(&first.shape) as usize / row, (8192 / row).max(1), threads)
+        }
+        (StepKind::Op, Op::Elementwise(_)) => {
+            let len = numel(&first.shape) as usize;
+            if len < 2 * kernels::ELEMENTWISE_PIECE {
+                1.0
+            } else {
+                pieces_share(len.div_ceil(kernels::ELEMENTWISE_PIECE), threads)
+            }
         }
         (StepKind::Op, Op::AdaptiveAvgPool(_) | Op::GlobalAvgPool(_)) => {
             let (ic, ih, iw) = chw(input);

@@ -25,7 +25,7 @@ mod softmax;
 
 pub use activation::Activation;
 pub use conv::{conv2d, Conv2dDims};
-pub use elementwise::{add_into, mul_into};
+pub use elementwise::{add_into, mul_into, ELEMENTWISE_PIECE};
 pub use fused::{expand_depthwise, supports_expand_depthwise};
 pub use matmul::batched_matmul;
 pub use pool::{adaptive_avg_pool2d, adaptive_bin};
