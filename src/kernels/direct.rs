@@ -66,13 +66,13 @@ pub(super) fn try_gemm(a: &ArrayView2<f32>, b: &ArrayView2<f32>, c: &mut ArrayVi
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 fn gemm_avx512(ops: &mut Operands) {
-    gemm_rows::<std::arch::x86_64::__m512, 8>(ops);
+    gemm_rows::<std::arch::x86_64::__m512, 8, 16>(ops);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn gemm_avx2(ops: &mut Operands) {
-    gemm_rows::<std::arch::x86_64::__m256, 6>(ops);
+    gemm_rows::<std::arch::x86_64::__m256, 6, 12>(ops);
 }
 
 /// Columns of `B` packed at a time when several row blocks share them: a chunk of `k` rows this wide
@@ -94,11 +94,24 @@ thread_local! {
 /// are first copied out of `B` chunk by chunk, each into a contiguous zero-padded panel: the rows of
 /// `B` lie a whole image plane apart (often a power of two of bytes), so without the copy the rows of
 /// one tile compete for the same cache sets and every row block fetches them again.
+///
+/// A product of exactly `TALL` rows (16 output channels under AVX-512, as the token pyramid's widest maps
+/// have) instead takes tiles of all its rows and one vector, so every tile of `B` is read once.
 #[inline(always)]
-fn gemm_rows<V: Vector, const MR: usize>(ops: &mut Operands) {
+fn gemm_rows<V: Vector, const MR: usize, const TALL: usize>(ops: &mut Operands) {
     let l = V::LANES;
     let n = ops.n;
     let tile_width = |j: usize| if j + 2 * l <= n { 2 * l } else { (n - j).min(l) };
+    if ops.m == TALL {
+        let (b, stride) = (ops.b, ops.b_stride);
+        let mut j = 0;
+        while j < ops.n {
+            let width = l.min(ops.n - j);
+            tile::<V, TALL, 1>(ops, Panel { b, stride, col: j }, 0, j, width);
+            j += width;
+        }
+        return;
+    }
     if ops.m < PACK_MIN_ROW_BLOCKS * MR {
         let (b, stride) = (ops.b, ops.b_stride);
         let mut j = 0;
@@ -261,9 +274,19 @@ mod tests {
     #[test]
     fn matches_naive_on_remainders_and_strided_views() {
         for isa in Isa::ALL.into_iter().filter(|isa| isa.available()) {
-            // The last two are tall enough to be packed, in several chunks with a partial last tile.
-            let shapes =
-                [(1, 1, 1), (13, 5, 37), (9, 16, 64), (7, 3, 33), (17, 40, 15), (6, 96, 48), (33, 3, 70), (40, 9, 531)];
+            // 16 and 12 rows take the tall tiles (AVX-512, AVX2); the last two are tall enough to be packed, in several chunks with a partial last tile.
+            let shapes = [
+                (1, 1, 1),
+                (13, 5, 37),
+                (9, 16, 64),
+                (7, 3, 33),
+                (17, 40, 15),
+                (6, 96, 48),
+                (16, 16, 70),
+                (12, 5, 40),
+                (33, 3, 70),
+                (40, 9, 531),
+            ];
             for (m, k, n) in shapes {
                 let a = Array2::from_shape_vec((m, k), random(m * k, 1, 1.0)).unwrap();
                 // Rows of `b` and `c` are wider than the product: only the first `n` columns are used.
