@@ -14,10 +14,11 @@
 use ndarray::{s, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
+use super::matmul::gemm_split;
 use super::matmul::{gemm, par_gemm, view2, view2_mut};
 use super::simd::{F32x8, Vector};
 use super::Activation;
-use super::{bias_act, has_avx2_fma, vector_isa, with_scratch, Isa, ScratchGuard};
+use super::{bias_act, has_avx2_fma, vector_isa, with_scratch, Isa, ScratchGuard, Split};
 
 /// Dimensions of one 2-D convolution (PyTorch semantics: zero padding, dilation 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,28 +74,83 @@ pub fn conv2d(
     debug_assert!(bias.is_none_or(|b| b.len() == d.out_channels));
     debug_assert_eq!(out.len(), d.out_channels * d.out_h * d.out_w);
 
-    let unit = |k: usize, s: usize, p: usize| k == 1 && s == 1 && p == 0;
-    if d.groups == 1 && unit(d.kernel_h, d.stride_h, d.pad_h) && unit(d.kernel_w, d.stride_w, d.pad_w) {
-        return pointwise(input, weight, bias, d, act, out);
+    match Strategy::of(d) {
+        Strategy::Pointwise => pointwise(input, weight, bias, d, act, out),
+        Strategy::ChannelScale => channel_scale(input, weight, bias, d, act, out),
+        Strategy::Depthwise => {
+            let kernel: DepthwiseFn = match (d.kernel_h, d.stride_h) {
+                (1, 1) => depthwise::<1, 1>,
+                (1, 2) => depthwise::<1, 2>,
+                (3, 1) => depthwise::<3, 1>,
+                (3, 2) => depthwise::<3, 2>,
+                (5, 1) => depthwise::<5, 1>,
+                (5, 2) => depthwise::<5, 2>,
+                (7, 1) => depthwise::<7, 1>,
+                _ => depthwise::<7, 2>,
+            };
+            kernel(input, weight, bias, d, act, out)
+        }
+        Strategy::Im2col => im2col_conv(input, weight, bias, d, act, out),
     }
-    if d.groups == d.in_channels && d.groups == d.out_channels && d.kernel_h == d.kernel_w && d.stride_h == d.stride_w {
-        let kernel: Option<DepthwiseFn> = match (d.kernel_h, d.stride_h) {
-            (1, 1) if d.pad_h == 0 && d.pad_w == 0 => Some(channel_scale),
-            (1, 1) => Some(depthwise::<1, 1>),
-            (1, 2) => Some(depthwise::<1, 2>),
-            (3, 1) => Some(depthwise::<3, 1>),
-            (3, 2) => Some(depthwise::<3, 2>),
-            (5, 1) => Some(depthwise::<5, 1>),
-            (5, 2) => Some(depthwise::<5, 2>),
-            (7, 1) => Some(depthwise::<7, 1>),
-            (7, 2) => Some(depthwise::<7, 2>),
-            _ => None,
-        };
-        if let Some(kernel) = kernel {
-            return kernel(input, weight, bias, d, act, out);
+}
+
+/// How [`conv2d`] divides the convolution `d` among `threads` threads.
+pub fn conv2d_split(d: &Conv2dDims, threads: usize) -> Split {
+    let (in_plane, out_plane) = (d.in_h * d.in_w, d.out_h * d.out_w);
+    match Strategy::of(d) {
+        Strategy::Pointwise => gemm_split(d.out_channels, d.in_channels, in_plane, threads),
+        Strategy::ChannelScale => Split::rayon(d.out_channels, scale_min_channels(in_plane), threads),
+        Strategy::Depthwise => {
+            Split::rayon(d.out_channels, depthwise_min_channels(out_plane, d.kernel_h * d.kernel_w), threads)
+        }
+        Strategy::Im2col => {
+            let kdim = d.in_channels / d.groups * d.kernel_h * d.kernel_w;
+            Split { units: out_plane, piece: im2col_tile(kdim, out_plane, threads) }
         }
     }
-    im2col_conv(input, weight, bias, d, act, out)
+}
+
+/// The four ways [`conv2d`] computes a convolution.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Strategy {
+    /// 1×1, stride 1, unpadded, one group: one GEMM.
+    Pointwise,
+    /// Depthwise 1×1 without padding: a per-channel scale.
+    ChannelScale,
+    /// Depthwise with a square kernel of 1, 3, 5 or 7 and equal strides of 1 or 2: the direct kernel.
+    Depthwise,
+    /// Everything else: im2col tiles and GEMMs.
+    Im2col,
+}
+
+impl Strategy {
+    fn of(d: &Conv2dDims) -> Strategy {
+        let unit = |k: usize, s: usize, p: usize| k == 1 && s == 1 && p == 0;
+        let depthwise = d.groups == d.in_channels
+            && d.groups == d.out_channels
+            && d.kernel_h == d.kernel_w
+            && d.stride_h == d.stride_w
+            && matches!((d.kernel_h, d.stride_h), (1 | 3 | 5 | 7, 1 | 2));
+        if d.groups == 1 && unit(d.kernel_h, d.stride_h, d.pad_h) && unit(d.kernel_w, d.stride_w, d.pad_w) {
+            Strategy::Pointwise
+        } else if depthwise && (d.kernel_h, d.stride_h, d.pad_h, d.pad_w) == (1, 1, 0, 0) {
+            Strategy::ChannelScale
+        } else if depthwise {
+            Strategy::Depthwise
+        } else {
+            Strategy::Im2col
+        }
+    }
+}
+
+/// Fewest channels per parallel piece of a per-channel scale of `plane` values.
+fn scale_min_channels(plane: usize) -> usize {
+    (16384 / plane.max(1)).max(1)
+}
+
+/// Fewest channels per parallel piece of a depthwise conv with `taps` taps onto `out_plane` outputs.
+fn depthwise_min_channels(out_plane: usize, taps: usize) -> usize {
+    (4096 / (out_plane * taps).max(1)).max(1)
 }
 
 /// Signature shared by [`conv2d`] and its depthwise specialisations.
@@ -128,10 +184,10 @@ fn pointwise(
 
 /// Output pixels per im2col tile: the tile's columns (`kdim` values each) should stay in L2, and the
 /// number of tiles should be a multiple of the thread count so that all threads get equal work.
-fn im2col_tile(kdim: usize, pixels: usize) -> usize {
+fn im2col_tile(kdim: usize, pixels: usize, threads: usize) -> usize {
     const TILE_FLOATS: usize = 48 * 1024;
     let cache_tile = (TILE_FLOATS / kdim.max(1)).clamp(64, 4096);
-    let tiles = pixels.div_ceil(cache_tile).next_multiple_of(rayon::current_num_threads());
+    let tiles = pixels.div_ceil(cache_tile).next_multiple_of(threads.max(1));
     pixels.div_ceil(tiles).next_multiple_of(16)
 }
 
@@ -192,7 +248,7 @@ fn im2col_conv(
     let (cin_g, cout_g) = (d.in_channels / d.groups, d.out_channels / d.groups);
     let kdim = cin_g * d.kernel_h * d.kernel_w;
     let pixels = d.out_h * d.out_w;
-    let tile = im2col_tile(kdim, pixels);
+    let tile = im2col_tile(kdim, pixels, rayon::current_num_threads());
     let avx2 = has_avx2_fma();
     let mut y = view2_mut(out, d.out_channels, pixels);
     let tiles: Vec<_> = y.axis_chunks_iter_mut(Axis(1), tile).enumerate().collect();
@@ -228,7 +284,7 @@ fn channel_scale(
     out.par_chunks_mut(plane)
         .zip(input.par_chunks(plane))
         .enumerate()
-        .with_min_len((16384 / plane).max(1))
+        .with_min_len(scale_min_channels(plane))
         .map(|(c, (y, x))| {
             for (o, &v) in y.iter_mut().zip(x) {
                 *o = weight[c] * v;
@@ -361,7 +417,7 @@ fn depthwise<const K: usize, const S: usize>(
     };
     out.par_chunks_mut(out_plane)
         .enumerate()
-        .with_min_len((4096 / (out_plane * K * K)).max(1))
+        .with_min_len(depthwise_min_channels(out_plane, K * K))
         .map_init(padded_plane, |scratch, (c, y)| {
             let x = DwIn { x: &input[c * in_plane..][..in_plane], bias: 0.0, act: None };
             let w = &weight[c * K * K..][..K * K];

@@ -2,8 +2,19 @@
 
 use rayon::prelude::*;
 
+use super::Split;
+
 /// Elements per parallel piece of an elementwise op; tensors shorter than two pieces run on one thread.
-pub const ELEMENTWISE_PIECE: usize = 32 * 1024;
+const ELEMENTWISE_PIECE: usize = 32 * 1024;
+
+/// How [`add_into`] and [`mul_into`] divide `len` elements among threads.
+pub fn elementwise_split(len: usize) -> Split {
+    if len < 2 * ELEMENTWISE_PIECE {
+        Split::SERIAL
+    } else {
+        Split { units: len, piece: ELEMENTWISE_PIECE }
+    }
+}
 
 /// Applies `f(dst, src)` to every pair of elements, in pieces of [`ELEMENTWISE_PIECE`] on the current rayon
 /// pool when there are at least two.
@@ -15,10 +26,9 @@ fn zip_apply(dst: &mut [f32], src: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) {
             *d = f(*d, s);
         }
     };
-    if dst.len() < 2 * ELEMENTWISE_PIECE {
-        serial(dst, src);
-    } else {
-        dst.par_chunks_mut(ELEMENTWISE_PIECE).zip(src.par_chunks(ELEMENTWISE_PIECE)).for_each(|(d, s)| serial(d, s));
+    match elementwise_split(dst.len()) {
+        Split::SERIAL => serial(dst, src),
+        Split { piece, .. } => dst.par_chunks_mut(piece).zip(src.par_chunks(piece)).for_each(|(d, s)| serial(d, s)),
     }
 }
 

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use super::conv::{conv2d, dw_channel, Conv2dDims, DwIn, DwOut, DwPlan};
 use super::matmul::{gemm, view2};
 use super::Activation;
-use super::{vector_isa, with_scratch, Isa};
+use super::{vector_isa, with_scratch, Isa, Split};
 
 /// Floats of expanded rows a band holds (768 KB): with the padded band plane and the streamed input
 /// rows it about fills one core's 1 MB L2 on the target machines. In A/B runs over 16²–256² pairs,
@@ -145,16 +145,34 @@ impl Bands {
     }
 }
 
+/// The pieces the fused pair `(e, d)` is cut into on `threads` threads: whether by output rows (else by
+/// channels), and the output rows and channels of each piece. Rows when the halo each extra piece
+/// recomputes, `k − stride` expanded rows, is at most 1/32 of the image.
+fn pieces(e: &Conv2dDims, d: &Conv2dDims, threads: usize) -> (bool, usize, usize) {
+    let (hidden, threads) = (e.out_channels, threads.max(1));
+    let by_rows = (d.kernel_h - d.stride_h) * (threads - 1) * 32 <= e.in_h;
+    if by_rows {
+        (true, d.out_h.div_ceil(threads.min(d.out_h)), hidden)
+    } else {
+        (false, d.out_h, hidden.div_ceil(threads.min(hidden)))
+    }
+}
+
+/// How [`expand_depthwise`] divides a pair it fuses among `threads` threads.
+pub fn expand_depthwise_split(expand: &Conv2dDims, depthwise: &Conv2dDims, threads: usize) -> Split {
+    match pieces(expand, depthwise, threads) {
+        (true, piece_h, _) => Split { units: depthwise.out_h, piece: piece_h },
+        (false, _, piece_c) => Split { units: expand.out_channels, piece: piece_c },
+    }
+}
+
 /// The fused pair with a `K × K` depthwise kernel and stride `S`, parallel over pieces of the output:
 /// pieces of rows when the halo each extra piece recomputes is small against the image height (at most
 /// 1/32 of it per piece), otherwise groups of channels (no halo; every thread re-reads the input).
 fn fused<const K: usize, const S: usize>(p: &Pair, out: &mut [f32]) -> (u64, u64) {
     let (e, d) = (p.e, p.d);
     let hidden = e.out_channels;
-    let threads = rayon::current_num_threads();
-    let by_rows = (K - S) * (threads - 1) * 32 <= e.in_h;
-    let piece_h = if by_rows { d.out_h.div_ceil(threads.min(d.out_h)) } else { d.out_h };
-    let piece_c = if by_rows { hidden } else { hidden.div_ceil(threads.min(hidden)) };
+    let (by_rows, piece_h, piece_c) = pieces(e, d, rayon::current_num_threads());
     // As many output rows per band as keep a piece's expanded rows within budget (at least one).
     let budget_rows = BAND_FLOATS / (piece_c * e.in_w);
     let height = if budget_rows >= K { (budget_rows - K) / S + 1 } else { 1 }.min(piece_h);

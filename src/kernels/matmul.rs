@@ -7,7 +7,7 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
-use super::{direct, vector_isa};
+use super::{direct, vector_isa, Split};
 
 /// Below this many multiply-accumulates a GEMM is not worth splitting across threads.
 const PAR_MIN_MACS: usize = 1 << 15;
@@ -35,6 +35,44 @@ pub(super) fn gemm(a: &ArrayView2<f32>, b: &ArrayView2<f32>, c: &mut ArrayViewMu
 /// in L2, wide enough that repacking `a` for every block costs nothing.
 const BLOCK_FLOATS: usize = 32 * 1024;
 
+/// How [`par_gemm`] blocks an `m × k · k × n` product on `threads` threads: `None` for one block, else
+/// whether the blocks are of columns (else rows) and how many columns (rows) each holds.
+fn gemm_blocks(m: usize, k: usize, n: usize, threads: usize) -> Option<(bool, usize)> {
+    if m * k * n < PAR_MIN_MACS || (threads == 1 && m * n <= BLOCK_FLOATS) {
+        return None;
+    }
+    // Enough blocks to keep each in L2, and a multiple of the thread count so all threads get equal work.
+    let blocks = (m * n).div_ceil(BLOCK_FLOATS).next_multiple_of(threads);
+    Some(if n >= m {
+        (true, n.div_ceil(blocks).max(64).next_multiple_of(16))
+    } else {
+        (false, m.div_ceil(blocks).max(16).next_multiple_of(8))
+    })
+}
+
+/// How [`par_gemm`] divides an `m × k · k × n` product among `threads` threads.
+pub(super) fn gemm_split(m: usize, k: usize, n: usize, threads: usize) -> Split {
+    match gemm_blocks(m, k, n, threads) {
+        None => Split::SERIAL,
+        Some((true, width)) => Split { units: n, piece: width },
+        Some((false, height)) => Split { units: m, piece: height },
+    }
+}
+
+/// Whether [`batched_matmul`] runs its products in parallel (else each product is split in blocks).
+fn batches_in_parallel(batch: usize, threads: usize) -> bool {
+    batch > 1 && threads > 1
+}
+
+/// How [`batched_matmul`] divides `batch` products of `m × k · k × n` among `threads` threads.
+pub fn batched_matmul_split(batch: usize, m: usize, k: usize, n: usize, threads: usize) -> Split {
+    if batches_in_parallel(batch, threads) {
+        Split { units: batch, piece: 1 }
+    } else {
+        gemm_split(m, k, n, threads)
+    }
+}
+
 /// `c ← a · b` in blocks of output columns (or of rows, when `c` is taller than wide), each a
 /// single-threaded GEMM followed by `epilogue(first_row, block)` while the block is still in cache.
 /// Blocks run in parallel on the current rayon pool. Returns the multiply-accumulates performed.
@@ -44,17 +82,14 @@ where
 {
     let (m, k) = a.dim();
     let n = b.ncols();
-    let threads = rayon::current_num_threads();
-    if m * k * n < PAR_MIN_MACS || (threads == 1 && m * n <= BLOCK_FLOATS) {
+    let Some((columns, size)) = gemm_blocks(m, k, n, rayon::current_num_threads()) else {
         let macs = gemm(&a, &b, &mut c);
         epilogue(0, c);
         return macs;
-    }
-    // Enough blocks to keep each in L2, and a multiple of the thread count so all threads get equal work.
-    let blocks = (m * n).div_ceil(BLOCK_FLOATS).next_multiple_of(threads);
-    if n >= m {
-        // Column blocks: every block packs all of `a` (weights, small) and its own share of `b`.
-        let width = n.div_ceil(blocks).max(64).next_multiple_of(16);
+    };
+    if columns {
+        // Column blocks: every block reads all of `a` (weights, small) and its own share of `b`.
+        let width = size;
         let blocks: Vec<_> = b.axis_chunks_iter(Axis(1), width).zip(c.axis_chunks_iter_mut(Axis(1), width)).collect();
         blocks
             .into_par_iter()
@@ -65,7 +100,7 @@ where
             })
             .sum()
     } else {
-        let height = m.div_ceil(blocks).max(16).next_multiple_of(8);
+        let height = size;
         let blocks: Vec<_> = a.axis_chunks_iter(Axis(0), height).zip(c.axis_chunks_iter_mut(Axis(0), height)).collect();
         blocks
             .into_par_iter()
@@ -120,7 +155,7 @@ pub fn batched_matmul(
         }
     };
     let out = &mut out[..batch * m * n];
-    if batch > 1 && rayon::current_num_threads() > 1 {
+    if batches_in_parallel(batch, rayon::current_num_threads()) {
         out.par_chunks_mut(m * n).enumerate().map(|(i, o)| gemm(&lhs(i), &rhs(i), &mut view2_mut(o, m, n))).sum()
     } else {
         out.chunks_mut(m * n).enumerate().map(|(i, o)| par_gemm(lhs(i), rhs(i), view2_mut(o, m, n), &|_, _| {})).sum()
@@ -170,6 +205,16 @@ mod tests {
                 }
             }
         });
+    }
+
+    #[test]
+    fn gemm_splits_in_column_or_row_blocks() {
+        // Too small to split; column blocks; row blocks; an odd block count leaves one thread more.
+        assert_eq!(gemm_split(8, 8, 64, 2), Split::SERIAL);
+        assert_eq!(gemm_split(64, 64, 64 * 64, 2).busiest_share(2), 0.5);
+        assert_eq!(gemm_split(4096, 64, 16, 2).busiest_share(2), 0.5);
+        assert_eq!(Split { units: 3, piece: 1 }.busiest_share(2), 2.0 / 3.0);
+        assert_eq!(batched_matmul_split(4, 256, 16, 256, 2), Split { units: 4, piece: 1 });
     }
 
     #[test]

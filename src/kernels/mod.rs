@@ -24,13 +24,13 @@ mod simd;
 mod softmax;
 
 pub use activation::Activation;
-pub use conv::{conv2d, Conv2dDims};
-pub use elementwise::{add_into, mul_into, ELEMENTWISE_PIECE};
-pub use fused::{expand_depthwise, supports_expand_depthwise};
-pub use matmul::batched_matmul;
-pub use pool::{adaptive_avg_pool2d, adaptive_bin};
-pub use resize::resize_bilinear;
-pub use softmax::softmax_rows;
+pub use conv::{conv2d, conv2d_split, Conv2dDims};
+pub use elementwise::{add_into, elementwise_split, mul_into};
+pub use fused::{expand_depthwise, expand_depthwise_split, supports_expand_depthwise};
+pub use matmul::{batched_matmul, batched_matmul_split};
+pub use pool::{adaptive_avg_pool2d, adaptive_avg_pool2d_split, adaptive_bin};
+pub use resize::{resize_bilinear, resize_bilinear_split};
+pub use softmax::{softmax_rows, softmax_rows_split};
 
 use std::cell::Cell;
 
@@ -51,6 +51,37 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     let result = f(&mut buf[..len]);
     SCRATCH.set(buf);
     result
+}
+
+/// How a kernel divides its work among the threads of the rayon pool, for models that predict its time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Split {
+    /// Units of work (rows, channels, pixels, blocks) the kernel divides.
+    pub units: usize,
+    /// Units per piece (the last one may hold fewer); at least `units` when the kernel runs serially.
+    pub piece: usize,
+}
+
+impl Split {
+    /// The whole work on the calling thread.
+    pub const SERIAL: Split = Split { units: 1, piece: 1 };
+
+    /// `units` divided the way rayon divides a parallel iterator with a minimum piece of `min_len` units
+    /// on `threads` threads: as many pieces as threads, or fewer when that would undercut `min_len`.
+    pub fn rayon(units: usize, min_len: usize, threads: usize) -> Split {
+        let pieces = (units / min_len.max(1)).clamp(1, threads.max(1));
+        Split { units: units.max(1), piece: units.div_ceil(pieces).max(1) }
+    }
+
+    /// The share of the work its busiest thread does on `threads` threads when the pieces are dealt out
+    /// evenly: 1 for serial work.
+    pub fn busiest_share(self, threads: usize) -> f64 {
+        let pieces = self.units.div_ceil(self.piece);
+        if pieces <= 1 || threads <= 1 {
+            return 1.0;
+        }
+        (pieces.div_ceil(threads) * self.piece).min(self.units) as f64 / self.units as f64
+    }
 }
 
 /// This thread's scratch buffer, taken out of the thread-local for as long as the guard lives (for work
@@ -176,6 +207,24 @@ fn bias_act<'a>(values: impl IntoIterator<Item = &'a mut f32>, bias: f32, act: O
         Some(Activation::Relu6) => map(values, |x| Activation::Relu6.apply(x + bias)),
         Some(Activation::Hsigmoid) => map(values, |x| Activation::Hsigmoid.apply(x + bias)),
         Some(Activation::Hswish) => map(values, |x| Activation::Hswish.apply(x + bias)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_shares_follow_the_pieces() {
+        // 10 pieces of 100 on 2 threads: 5 each; 3 pieces of 40, 40, 20 on 2 threads: the busiest does 80.
+        assert_eq!(Split { units: 1000, piece: 100 }.busiest_share(2), 0.5);
+        assert_eq!(Split { units: 100, piece: 40 }.busiest_share(2), 0.8);
+        assert_eq!(Split::SERIAL.busiest_share(4), 1.0);
+        assert_eq!(Split { units: 1000, piece: 100 }.busiest_share(1), 1.0);
+        // rayon never cuts below the minimum piece, nor into more pieces than threads.
+        assert_eq!(Split::rayon(10, 8, 2), Split { units: 10, piece: 10 });
+        assert_eq!(Split::rayon(64, 4, 2), Split { units: 64, piece: 32 });
+        assert_eq!(Split::rayon(7, 1, 2).busiest_share(2), 4.0 / 7.0);
     }
 }
 

@@ -2,11 +2,21 @@
 
 use rayon::prelude::*;
 
-use super::with_scratch;
+use super::{with_scratch, Split};
 
 /// The input range `[floor(i·In/Out), ceil((i+1)·In/Out))` that output bin `i` averages (bins may overlap).
 pub fn adaptive_bin(i: usize, in_len: usize, out_len: usize) -> (usize, usize) {
     (i * in_len / out_len, ((i + 1) * in_len).div_ceil(out_len))
+}
+
+/// Fewest channels per parallel piece of [`adaptive_avg_pool2d`]: about 4 K input values.
+fn min_channels(in_h: usize, in_w: usize) -> usize {
+    (4096 / (in_h * in_w).max(1)).max(1)
+}
+
+/// How [`adaptive_avg_pool2d`] divides `channels` planes of `in_h × in_w` among `threads` threads.
+pub fn adaptive_avg_pool2d_split(channels: usize, in_h: usize, in_w: usize, threads: usize) -> Split {
+    Split::rayon(channels, min_channels(in_h, in_w), threads)
 }
 
 /// PyTorch `adaptive_avg_pool2d` of `channels` planes of `in_h × in_w` into `out_h × out_w` (overwritten).
@@ -30,7 +40,7 @@ pub fn adaptive_avg_pool2d(
     let cols: Vec<_> = (0..out_w).map(|j| adaptive_bin(j, in_w, out_w)).collect();
     out.par_chunks_mut(out_h * out_w)
         .zip(input.par_chunks(in_h * in_w))
-        .with_min_len((4096 / (in_h * in_w).max(1)).max(1))
+        .with_min_len(min_channels(in_h, in_w))
         .for_each(|(y, x)| {
             with_scratch(in_w, |col_sums| {
                 for (i, y_row) in y.chunks_exact_mut(out_w).enumerate() {

@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::{has_avx2_fma, with_scratch};
+use super::{elementwise_split, has_avx2_fma, with_scratch, Split};
 
 /// The two source indices of one output coordinate and their weights.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -28,6 +28,27 @@ fn taps(in_len: usize, out_len: usize) -> Vec<Tap> {
             Tap { i0, i1, w0: 1.0 - lambda, w1: lambda }
         })
         .collect()
+}
+
+/// Fewest channels per parallel piece of [`resize_bilinear`]: about 4 K output values.
+fn min_channels(out_h: usize, out_w: usize) -> usize {
+    (4096 / (out_h * out_w).max(1)).max(1)
+}
+
+/// How [`resize_bilinear`] divides its work among `threads` threads: channels, or at scale 1 the copy
+/// (serial) or the add (as [`add_into`](super::add_into)).
+pub fn resize_bilinear_split(
+    channels: usize,
+    (in_h, in_w): (usize, usize),
+    (out_h, out_w): (usize, usize),
+    accumulate: bool,
+    threads: usize,
+) -> Split {
+    match ((in_h, in_w) == (out_h, out_w), accumulate) {
+        (true, true) => elementwise_split(channels * out_h * out_w),
+        (true, false) => Split::SERIAL,
+        (false, _) => Split::rayon(channels, min_channels(out_h, out_w), threads),
+    }
 }
 
 /// PyTorch `F.interpolate(mode='bilinear', align_corners=False)` to an explicit size, per channel.
@@ -63,7 +84,7 @@ pub fn resize_bilinear(
     let avx2 = has_avx2_fma();
     out.par_chunks_mut(out_h * out_w)
         .zip(input.par_chunks(in_h * in_w))
-        .with_min_len((4096 / (out_h * out_w)).max(1))
+        .with_min_len(min_channels(out_h, out_w))
         .for_each(|(y, x)| {
             with_scratch(in_h * out_w, |horizontal| {
                 #[cfg(target_arch = "x86_64")]

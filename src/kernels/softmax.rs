@@ -2,7 +2,17 @@
 
 use rayon::prelude::*;
 
-use super::{has_avx2_fma, madd};
+use super::{has_avx2_fma, madd, Split};
+
+/// Fewest rows per parallel piece of [`softmax_rows`]: about 8 K values.
+fn min_rows(row_len: usize) -> usize {
+    (8192 / row_len.max(1)).max(1)
+}
+
+/// How [`softmax_rows`] divides `rows` rows of `row_len` values among `threads` threads.
+pub fn softmax_rows_split(rows: usize, row_len: usize, threads: usize) -> Split {
+    Split::rayon(rows, min_rows(row_len), threads)
+}
 
 /// Softmax over each contiguous row of `row_len` elements of `data`, in place.
 ///
@@ -14,7 +24,7 @@ pub fn softmax_rows(data: &mut [f32], row_len: usize) {
     }
     debug_assert_eq!(data.len() % row_len, 0);
     let fma = has_avx2_fma();
-    data.par_chunks_mut(row_len).with_min_len((8192 / row_len).max(1)).for_each(|row| {
+    data.par_chunks_mut(row_len).with_min_len(min_rows(row_len)).for_each(|row| {
         #[cfg(target_arch = "x86_64")]
         if fma {
             // SAFETY: `fma` is true only when AVX2 and FMA were detected on this CPU.
