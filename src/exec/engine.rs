@@ -95,6 +95,7 @@ impl<'g> Executor<'g> {
         let work = bind(graph, &plan, params);
         let exec = Executor { graph, plan, work, pool, spare: Default::default() };
         exec.fault_in_buffers();
+        exec.pool.broadcast(|_| kernels::reserve_scratch());
         Ok(exec)
     }
 

@@ -83,6 +83,16 @@ const PACK_COLS: usize = 256;
 /// more than it saves (M = 16 and 24 lost 10–40 % with packing, M = 128 and 150 gained 10–25 %).
 const PACK_MIN_ROW_BLOCKS: usize = 4;
 
+/// Reserves this thread's buffer for packed chunks of `B` with up to 256 rows, writing it so that its
+/// pages are faulted in now rather than in a first product.
+pub(super) fn reserve_packed() {
+    let mut packed = PACKED.take();
+    if packed.len() < 256 * PACK_COLS {
+        packed.resize(256 * PACK_COLS, 0.0);
+    }
+    PACKED.set(packed);
+}
+
 thread_local! {
     /// Per-thread buffer for packed chunks of `B`, apart from the kernels' scratch so that a GEMM
     /// called on a band held in that scratch does not allocate.

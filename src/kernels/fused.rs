@@ -23,7 +23,7 @@ use super::{vector_isa, with_scratch, Isa, Split};
 /// rows it about fills one core's 1 MB L2 on the target machines. In A/B runs over 16²–256² pairs,
 /// 512 KB and 1 MB were within a few percent of this, and 256 KB lost to the unfused pair on 24→72 +
 /// 5×5 (twice the halo re-padding).
-const BAND_FLOATS: usize = 192 * 1024;
+pub(super) const BAND_FLOATS: usize = 192 * 1024;
 
 /// Whether [`expand_depthwise`] supports this pair: `expand` is a 1×1 stride-1 unpadded conv with
 /// one group, `depthwise` is a depthwise conv on its output with a square 3×3, 5×5 or 7×7 kernel, equal

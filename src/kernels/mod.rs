@@ -84,6 +84,14 @@ impl Split {
     }
 }
 
+/// Grows this thread's scratch buffers to what the kernels usually take (a band of the fused expand +
+/// depthwise kernel with its padded plane, a packed chunk of a GEMM), writing them so that their pages are
+/// faulted in: call it on every worker thread before a first run (a kernel that needs more still grows them).
+pub fn reserve_scratch() {
+    with_scratch(fused::BAND_FLOATS + fused::BAND_FLOATS / 4, |_| ());
+    direct::reserve_packed();
+}
+
 /// This thread's scratch buffer, taken out of the thread-local for as long as the guard lives (for work
 /// items that share one buffer, such as rayon's `map_init` state); dropping it puts the buffer back.
 struct ScratchGuard {
