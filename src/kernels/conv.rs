@@ -615,14 +615,20 @@ fn dw_tile<const K: usize, const S: usize, V: Vector, const N: usize, const R: u
     // SAFETY (every `Vector` call below): `V` is the portable type or an AVX type whose kernels are
     // only entered through `dw_channel`, after `vector_isa` detected its instruction set.
     let mut acc = [[unsafe { V::splat(0.0) }; N]; R];
-    for ky in 0..K {
+    // Padded row `oy·S + t` feeds output row `oy + r` through kernel row `t − r·S`: each vector of input is
+    // loaded once and used by every output row of the tile that reads it.
+    let first = oy * S * row_stride + x0;
+    assert!(first + ((R - 1) * S + K - 1) * row_stride + (S - 1) * phase_w + (K - 1) / S + N * l <= buf.len());
+    for t in 0..(R - 1) * S + K {
         for kx in 0..K {
-            let wk = unsafe { V::splat(w[ky * K + kx]) };
+            let start = first + t * row_stride + (kx % S) * phase_w + kx / S;
+            // SAFETY: inside `buf` by the assertion above (the largest `t`, phase and `kx / S`).
+            let v: [V; N] = std::array::from_fn(|n| unsafe { V::load_ptr(buf.as_ptr().add(start + n * l)) });
             for (r, acc_r) in acc.iter_mut().enumerate() {
-                let start = ((oy + r) * S + ky) * row_stride + (kx % S) * phase_w + kx / S + x0;
-                let src = &buf[start..start + N * l];
-                for (n, a) in acc_r.iter_mut().enumerate() {
-                    *a = unsafe { V::load(&src[n * l..]).mul_add(wk, *a) };
+                let Some(ky) = t.checked_sub(r * S).filter(|&ky| ky < K) else { continue };
+                let wk = unsafe { V::splat(w[ky * K + kx]) };
+                for (a, &v) in acc_r.iter_mut().zip(&v) {
+                    *a = unsafe { v.mul_add(wk, *a) };
                 }
             }
         }
