@@ -117,7 +117,7 @@ fn gemm_rows<V: Vector, const MR: usize, const TALL: usize>(ops: &mut Operands) 
         let mut j = 0;
         while j < ops.n {
             let width = l.min(ops.n - j);
-            tile::<V, TALL, 1>(ops, Panel { b, stride, col: j }, 0, j, width);
+            tile::<V, TALL, 1>(ops, Panel { b, stride, col: j, zero_padded: false }, 0, j, width);
             j += width;
         }
         return;
@@ -127,7 +127,7 @@ fn gemm_rows<V: Vector, const MR: usize, const TALL: usize>(ops: &mut Operands) 
         let mut j = 0;
         while j < ops.n {
             let width = tile_width(j);
-            row_blocks::<V, MR>(ops, Panel { b, stride, col: j }, j, width);
+            row_blocks::<V, MR>(ops, Panel { b, stride, col: j, zero_padded: false }, j, width);
             j += width;
         }
         return;
@@ -159,7 +159,8 @@ fn gemm_rows<V: Vector, const MR: usize, const TALL: usize>(ops: &mut Operands) 
         }
         for &(j, width, offset) in &tiles[..count] {
             let padded = width.next_multiple_of(l);
-            let panel = Panel { b: &packed[offset..offset + ops.k * padded], stride: padded, col: 0 };
+            let panel =
+                Panel { b: &packed[offset..offset + ops.k * padded], stride: padded, col: 0, zero_padded: true };
             row_blocks::<V, MR>(ops, panel, j, width);
         }
         j0 = end;
@@ -173,6 +174,8 @@ struct Panel<'a> {
     b: &'a [f32],
     stride: usize,
     col: usize,
+    /// A packed panel: every row holds whole vectors, zero past the tile's width.
+    zero_padded: bool,
 }
 
 /// Every row block of `C` at columns `j..j + width`, reading `B`'s tile from `panel`.
@@ -220,12 +223,12 @@ fn tile_at<V: Vector, const R: usize>(ops: &mut Operands, panel: Panel, i: usize
 }
 
 /// `C[i..i + R, j..j + width] = A[i..i + R, :] · B[:, tile]` with `R × N` vectors in registers;
-/// `width` is `N` whole vectors, or fewer columns in a single partial vector. The panel's rows hold
-/// whole vectors when its stride is a multiple of the lanes (a packed panel), else `width` values.
+/// `width` is `N` whole vectors, or fewer columns in a single partial vector (read whole from a
+/// zero-padded panel, else copied out first).
 #[inline(always)]
 fn tile<V: Vector, const R: usize, const N: usize>(ops: &mut Operands, panel: Panel, i: usize, j: usize, width: usize) {
     let l = V::LANES;
-    let whole = width == N * l || (panel.col == 0 && panel.stride == N * l);
+    let whole = width == N * l || panel.zero_padded;
     // SAFETY (every `Vector` call below): `V` is an AVX type, and this code only runs inside the
     // `#[target_feature]` function of its instruction set, entered after detection.
     let mut acc = [[unsafe { V::splat(0.0) }; N]; R];
@@ -239,7 +242,7 @@ fn tile<V: Vector, const R: usize, const N: usize>(ops: &mut Operands, panel: Pa
     for p in 0..k {
         // SAFETY: in bounds by the assertion above.
         let row = unsafe { panel.b.as_ptr().add(p * panel.stride + panel.col) };
-        if panel.col != 0 || panel.stride != N * l {
+        if !panel.zero_padded {
             prefetch(row.wrapping_add(PREFETCH_AHEAD));
             prefetch(row.wrapping_add(PREFETCH_AHEAD + 16));
         }
@@ -284,7 +287,8 @@ mod tests {
     #[test]
     fn matches_naive_on_remainders_and_strided_views() {
         for isa in Isa::ALL.into_iter().filter(|isa| isa.available()) {
-            // 16 and 12 rows take the tall tiles (AVX-512, AVX2); the last two are tall enough to be packed, in several chunks with a partial last tile.
+            // 16 and 12 rows take the tall tiles (AVX-512, AVX2), 16 × 11 with rows 16 apart a partial one;
+            // the last two are tall enough to be packed, in several chunks with a partial last tile.
             let shapes = [
                 (1, 1, 1),
                 (13, 5, 37),
@@ -293,6 +297,7 @@ mod tests {
                 (17, 40, 15),
                 (6, 96, 48),
                 (16, 16, 70),
+                (16, 3, 11),
                 (12, 5, 40),
                 (33, 3, 70),
                 (40, 9, 531),
