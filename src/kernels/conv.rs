@@ -16,9 +16,9 @@ use rayon::prelude::*;
 
 use super::matmul::gemm_split;
 use super::matmul::{gemm, par_gemm, view2, view2_mut};
-use super::simd::{F32x8, Vector};
+use super::simd::{bias_activate, F32x8, Vector};
 use super::Activation;
-use super::{bias_act, has_avx2_fma, vector_isa, with_scratch, Isa, ScratchGuard, Split};
+use super::{bias_act, bias_act_from, has_avx2_fma, vector_isa, with_scratch, Isa, ScratchGuard, Split};
 
 /// Dimensions of one 2-D convolution (PyTorch semantics: zero padding, dilation 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -517,6 +517,11 @@ fn dw_copy_in<const S: usize, const FMA: bool>(x: DwIn, p: &DwPlan<S>, buf: &mut
                 continue;
             }
             let mid = &mut dst[lo..hi];
+            if pending && S == 1 {
+                // One pass that copies and applies: at stride 1 the gather is a plain copy.
+                bias_act_from(mid, &src[first..first + mid.len()], x.bias, x.act);
+                continue;
+            }
             gather(mid, &src[first..], S, FMA);
             if pending {
                 bias_act(mid.iter_mut(), x.bias, x.act);
@@ -571,7 +576,7 @@ fn even_lanes_avx2(dst: &mut [f32], src: &[f32]) -> usize {
 }
 
 /// Output rows `oy..oy + R` of one depthwise channel, in register tiles of `WIDE`, 2 and 1 vectors
-/// `V`, then bias and activation while the rows are in L1.
+/// `V`, each adding its bias and applying its activation before it stores.
 #[inline(always)]
 fn dw_rows<const K: usize, const S: usize, V: Vector, const R: usize>(
     buf: &[f32],
@@ -596,11 +601,10 @@ fn dw_rows<const K: usize, const S: usize, V: Vector, const R: usize>(
         dw_tile::<K, S, V, 1, R>(buf, p, w, oy, x0, y);
         x0 += l;
     }
-    bias_act(y.y[oy * p.out_w..(oy + R) * p.out_w].iter_mut(), y.bias, y.act);
 }
 
-/// Computes the `R × N` vectors of outputs starting at row `oy`, column `x0` in registers and stores
-/// the values that lie inside the plane.
+/// Computes the `R × N` vectors of outputs starting at row `oy`, column `x0` in registers, adds the bias,
+/// applies the activation and stores the values that lie inside the plane.
 #[inline(always)]
 fn dw_tile<const K: usize, const S: usize, V: Vector, const N: usize, const R: usize>(
     buf: &[f32],
@@ -631,6 +635,14 @@ fn dw_tile<const K: usize, const S: usize, V: Vector, const N: usize, const R: u
                     *a = unsafe { v.mul_add(wk, *a) };
                 }
             }
+        }
+    }
+    // Bias and activation in registers (nested loops over the rows: a flattened iterator over `acc` would
+    // keep it in memory).
+    let bias = unsafe { V::splat(y.bias) };
+    for acc_r in &mut acc {
+        for a in acc_r.iter_mut() {
+            *a = unsafe { bias_activate(*a, bias, y.act) };
         }
     }
     for (r, acc_r) in acc.iter().enumerate() {

@@ -218,6 +218,23 @@ fn bias_act<'a>(values: impl IntoIterator<Item = &'a mut f32>, bias: f32, act: O
     }
 }
 
+/// `dst[i] = act(src[i] + bias)` over two slices of equal length (one loop per activation, as in
+/// [`bias_act`]).
+#[inline(always)]
+fn bias_act_from(dst: &mut [f32], src: &[f32], bias: f32, act: Option<Activation>) {
+    #[inline(always)]
+    fn map(dst: &mut [f32], src: &[f32], f: impl Fn(f32) -> f32) {
+        dst.iter_mut().zip(src).for_each(|(d, &s)| *d = f(s));
+    }
+    match act {
+        None => map(dst, src, |x| x + bias),
+        Some(Activation::Relu) => map(dst, src, |x| Activation::Relu.apply(x + bias)),
+        Some(Activation::Relu6) => map(dst, src, |x| Activation::Relu6.apply(x + bias)),
+        Some(Activation::Hsigmoid) => map(dst, src, |x| Activation::Hsigmoid.apply(x + bias)),
+        Some(Activation::Hswish) => map(dst, src, |x| Activation::Hswish.apply(x + bias)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,6 +20,16 @@ pub(super) trait Vector: Copy {
     unsafe fn load_ptr(src: *const f32) -> Self;
     /// `self · w + acc` lane by lane (fused on the AVX types).
     unsafe fn mul_add(self, w: Self, acc: Self) -> Self;
+    /// Lane-wise `self + o`.
+    unsafe fn add(self, o: Self) -> Self;
+    /// Lane-wise `self · o`.
+    unsafe fn mul(self, o: Self) -> Self;
+    /// Lane-wise `self / o`.
+    unsafe fn div(self, o: Self) -> Self;
+    /// Lane-wise maximum (`o` where `self` is NaN, as `f32::max` against a number).
+    unsafe fn max(self, o: Self) -> Self;
+    /// Lane-wise minimum.
+    unsafe fn min(self, o: Self) -> Self;
     /// Writes the lanes to the first `LANES` values of `dst` (panics when it is shorter).
     unsafe fn store(self, dst: &mut [f32]);
     /// Writes the first `dst.len()` (at most `LANES`) lanes to `dst`.
@@ -53,6 +63,26 @@ impl Vector for F32x8 {
         F32x8(std::array::from_fn(|i| self.0[i] * w.0[i] + acc.0[i]))
     }
     #[inline(always)]
+    unsafe fn add(self, o: Self) -> Self {
+        F32x8(std::array::from_fn(|i| self.0[i] + o.0[i]))
+    }
+    #[inline(always)]
+    unsafe fn mul(self, o: Self) -> Self {
+        F32x8(std::array::from_fn(|i| self.0[i] * o.0[i]))
+    }
+    #[inline(always)]
+    unsafe fn div(self, o: Self) -> Self {
+        F32x8(std::array::from_fn(|i| self.0[i] / o.0[i]))
+    }
+    #[inline(always)]
+    unsafe fn max(self, o: Self) -> Self {
+        F32x8(std::array::from_fn(|i| self.0[i].max(o.0[i])))
+    }
+    #[inline(always)]
+    unsafe fn min(self, o: Self) -> Self {
+        F32x8(std::array::from_fn(|i| self.0[i].min(o.0[i])))
+    }
+    #[inline(always)]
     unsafe fn store(self, dst: &mut [f32]) {
         dst[..8].copy_from_slice(&self.0);
     }
@@ -63,9 +93,11 @@ mod x86 {
     use super::Vector;
     use std::arch::x86_64::*;
 
-    /// Implements [`Vector`] for an AVX register type with its set1, loadu, fmadd and storeu intrinsics.
+    /// Implements [`Vector`] for an AVX register type with its set1, loadu, fmadd, arithmetic and storeu
+    /// intrinsics.
     macro_rules! avx_vector {
-        ($ty:ty, $lanes:literal, $set1:ident, $load:ident, $fmadd:ident, $store:ident) => {
+        ($ty:ty, $lanes:literal, $set1:ident, $load:ident, $fmadd:ident, $add:ident, $mul:ident, $div:ident,
+         $max:ident, $min:ident, $store:ident) => {
             impl Vector for $ty {
                 const LANES: usize = $lanes;
                 #[inline(always)]
@@ -85,6 +117,27 @@ mod x86 {
                     $fmadd(self, w, acc)
                 }
                 #[inline(always)]
+                unsafe fn add(self, o: Self) -> Self {
+                    $add(self, o)
+                }
+                #[inline(always)]
+                unsafe fn mul(self, o: Self) -> Self {
+                    $mul(self, o)
+                }
+                #[inline(always)]
+                unsafe fn div(self, o: Self) -> Self {
+                    $div(self, o)
+                }
+                #[inline(always)]
+                unsafe fn max(self, o: Self) -> Self {
+                    // `maxps` returns its second operand when either is NaN: `f32::max`'s answer.
+                    $max(self, o)
+                }
+                #[inline(always)]
+                unsafe fn min(self, o: Self) -> Self {
+                    $min(self, o)
+                }
+                #[inline(always)]
                 unsafe fn store(self, dst: &mut [f32]) {
                     $store(dst[..$lanes].as_mut_ptr(), self)
                 }
@@ -92,6 +145,54 @@ mod x86 {
         };
     }
 
-    avx_vector!(__m256, 8, _mm256_set1_ps, _mm256_loadu_ps, _mm256_fmadd_ps, _mm256_storeu_ps);
-    avx_vector!(__m512, 16, _mm512_set1_ps, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_storeu_ps);
+    avx_vector!(
+        __m256,
+        8,
+        _mm256_set1_ps,
+        _mm256_loadu_ps,
+        _mm256_fmadd_ps,
+        _mm256_add_ps,
+        _mm256_mul_ps,
+        _mm256_div_ps,
+        _mm256_max_ps,
+        _mm256_min_ps,
+        _mm256_storeu_ps
+    );
+    avx_vector!(
+        __m512,
+        16,
+        _mm512_set1_ps,
+        _mm512_loadu_ps,
+        _mm512_fmadd_ps,
+        _mm512_add_ps,
+        _mm512_mul_ps,
+        _mm512_div_ps,
+        _mm512_max_ps,
+        _mm512_min_ps,
+        _mm512_storeu_ps
+    );
+}
+
+/// `act(x + bias)` lane by lane, with the arithmetic of [`Activation::apply`](super::Activation::apply).
+///
+/// # Safety
+///
+/// As for the [`Vector`] methods.
+#[inline(always)]
+pub(super) unsafe fn bias_activate<V: Vector>(x: V, bias: V, act: Option<super::Activation>) -> V {
+    use super::Activation;
+    let x = x.add(bias);
+    match act {
+        None => x,
+        Some(Activation::Relu) => x.max(V::splat(0.0)),
+        Some(Activation::Relu6) => relu6(x),
+        Some(Activation::Hsigmoid) => relu6(x.add(V::splat(3.0))).div(V::splat(6.0)),
+        Some(Activation::Hswish) => x.mul(relu6(x.add(V::splat(3.0)))).div(V::splat(6.0)),
+    }
+}
+
+/// `min(max(x, 0), 6)` lane by lane.
+#[inline(always)]
+unsafe fn relu6<V: Vector>(x: V) -> V {
+    x.max(V::splat(0.0)).min(V::splat(6.0))
 }
