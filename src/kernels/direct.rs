@@ -7,7 +7,7 @@
 use ndarray::{ArrayView2, ArrayViewMut2};
 
 use super::simd::Vector;
-use super::Isa;
+use super::{Isa, ScratchGuard};
 
 /// The row strides and sizes of one product, with raw row starts taken from the views.
 struct Operands<'a> {
@@ -86,11 +86,7 @@ const PACK_MIN_ROW_BLOCKS: usize = 4;
 /// Reserves this thread's buffer for packed chunks of `B` with up to 256 rows, writing it so that its
 /// pages are faulted in now rather than in a first product.
 pub(super) fn reserve_packed() {
-    let mut packed = PACKED.take();
-    if packed.len() < 256 * PACK_COLS {
-        packed.resize(256 * PACK_COLS, 0.0);
-    }
-    PACKED.set(packed);
+    drop(ScratchGuard::take_from(&PACKED, 256 * PACK_COLS));
 }
 
 thread_local! {
@@ -112,28 +108,24 @@ fn gemm_rows<V: Vector, const MR: usize, const TALL: usize>(ops: &mut Operands) 
     let l = V::LANES;
     let n = ops.n;
     let tile_width = |j: usize| if j + 2 * l <= n { 2 * l } else { (n - j).min(l) };
-    if ops.m == TALL {
+    let tall = ops.m == TALL;
+    if tall || ops.m < PACK_MIN_ROW_BLOCKS * MR {
         let (b, stride) = (ops.b, ops.b_stride);
         let mut j = 0;
-        while j < ops.n {
-            let width = l.min(ops.n - j);
-            tile::<V, TALL, 1>(ops, Panel { b, stride, col: j, zero_padded: false }, 0, j, width);
+        while j < n {
+            let panel = Panel { b, stride, col: j, zero_padded: false };
+            let width = if tall { l.min(n - j) } else { tile_width(j) };
+            if tall {
+                tile::<V, TALL, 1>(ops, panel, 0, j, width);
+            } else {
+                row_blocks::<V, MR>(ops, panel, j, width);
+            }
             j += width;
         }
         return;
     }
-    if ops.m < PACK_MIN_ROW_BLOCKS * MR {
-        let (b, stride) = (ops.b, ops.b_stride);
-        let mut j = 0;
-        while j < ops.n {
-            let width = tile_width(j);
-            row_blocks::<V, MR>(ops, Panel { b, stride, col: j, zero_padded: false }, j, width);
-            j += width;
-        }
-        return;
-    }
-    let mut packed = PACKED.take();
-    packed.resize(ops.k * PACK_COLS.next_multiple_of(2 * l), 0.0);
+    let mut guard = ScratchGuard::take_from(&PACKED, ops.k * PACK_COLS.next_multiple_of(2 * l));
+    let packed = guard.as_mut_slice();
     let mut j0 = 0;
     while j0 < ops.n {
         let end = (j0 + PACK_COLS).min(ops.n);
@@ -165,7 +157,6 @@ fn gemm_rows<V: Vector, const MR: usize, const TALL: usize>(ops: &mut Operands) 
         }
         j0 = end;
     }
-    PACKED.set(packed);
 }
 
 /// Where a tile reads its `k` rows of `B`: `stride` floats apart from column `col` of `b`.

@@ -44,13 +44,7 @@ thread_local! {
 /// The buffer is taken out of the thread-local while `f` runs, so a nested call (e.g. after rayon work
 /// stealing) gets a fresh buffer instead of aliasing this one.
 fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    let mut buf = SCRATCH.take();
-    if buf.len() < len {
-        buf.resize(len, 0.0);
-    }
-    let result = f(&mut buf[..len]);
-    SCRATCH.set(buf);
-    result
+    f(ScratchGuard::take(len).as_mut_slice())
 }
 
 /// How a kernel divides its work among the threads of the rayon pool, for models that predict its time.
@@ -92,21 +86,32 @@ pub fn reserve_scratch() {
     direct::reserve_packed();
 }
 
-/// This thread's scratch buffer, taken out of the thread-local for as long as the guard lives (for work
-/// items that share one buffer, such as rayon's `map_init` state); dropping it puts the buffer back.
+/// A per-thread buffer of the kernels.
+type ScratchKey = std::thread::LocalKey<Cell<Vec<f32>>>;
+
+/// A per-thread buffer (by default the kernels' [`SCRATCH`]), taken out of its thread-local for as long as
+/// the guard lives (for work items that share one buffer, such as rayon's `map_init` state); dropping it
+/// puts the buffer back.
 struct ScratchGuard {
+    key: &'static ScratchKey,
     buf: Vec<f32>,
     len: usize,
 }
 
 impl ScratchGuard {
-    /// The buffer, at least `len` values long (contents unspecified).
+    /// This thread's scratch buffer, at least `len` values long (contents unspecified).
     fn take(len: usize) -> Self {
-        let mut buf = SCRATCH.take();
+        Self::take_from(&SCRATCH, len)
+    }
+
+    /// This thread's buffer of `key`, at least `len` values long (contents unspecified); a buffer that has to
+    /// grow is written, so its pages are faulted in now.
+    fn take_from(key: &'static ScratchKey, len: usize) -> Self {
+        let mut buf = key.take();
         if buf.len() < len {
             buf.resize(len, 0.0);
         }
-        ScratchGuard { buf, len }
+        ScratchGuard { key, buf, len }
     }
 
     /// Its first `len` values.
@@ -117,7 +122,7 @@ impl ScratchGuard {
 
 impl Drop for ScratchGuard {
     fn drop(&mut self) {
-        SCRATCH.set(std::mem::take(&mut self.buf));
+        self.key.set(std::mem::take(&mut self.buf));
     }
 }
 

@@ -42,23 +42,28 @@ fn cost_json(cost: Cost) -> Value {
 
 fn side_json(side: Option<Side>) -> Value {
     side.map_or(Value::Null, |s| {
-        let mut json =
+        let json =
             json!({"params": s.params, "conventions": cost_json(s.cost), "activation_bytes": s.activation_bytes});
-        if let Some(peak) = s.peak_activation_bytes {
-            json["peak_activation_bytes"] = json!(peak);
-        }
-        if let Some(ms) = s.latency_ms {
-            json["latency_ms"] = json!(ms);
-        }
-        json
+        with_peak_and_latency(json, s.peak_activation_bytes, s.latency_ms)
     })
+}
+
+/// `json` with `peak_activation_bytes` and `latency_ms` added where they are known.
+fn with_peak_and_latency(mut json: Value, peak: Option<impl serde::Serialize>, ms: Option<f64>) -> Value {
+    if let Some(peak) = peak {
+        json["peak_activation_bytes"] = json!(peak);
+    }
+    if let Some(ms) = ms {
+        json["latency_ms"] = json!(ms);
+    }
+    json
 }
 
 fn delta_json(delta: &Delta) -> Value {
     let by_convention = |f: &dyn Fn(Convention) -> Value| -> Value {
         Convention::ALL.iter().map(|&c| (c.name().to_string(), f(c))).collect::<serde_json::Map<_, _>>().into()
     };
-    let mut json = json!({
+    let json = json!({
         "params": delta.params,
         "conventions": by_convention(&|c| json!(delta.flops(c))),
         "activation_bytes": delta.activation_bytes,
@@ -67,13 +72,7 @@ fn delta_json(delta: &Delta) -> Value {
             "conventions": by_convention(&|c| json!(delta.flops_relative(c))),
         },
     });
-    if let Some(peak) = delta.peak_activation_bytes {
-        json["peak_activation_bytes"] = json!(peak);
-    }
-    if let Some(ms) = delta.latency_ms {
-        json["latency_ms"] = json!(ms);
-    }
-    json
+    with_peak_and_latency(json, delta.peak_activation_bytes, delta.latency_ms)
 }
 
 fn entry_json(entry: &DiffEntry) -> Value {
