@@ -206,9 +206,8 @@ pub fn calibrate(name: &str, threads: usize, max_spread: f64, tick: &dyn Fn()) -
         toparch_version: env!("CARGO_PKG_VERSION").to_string(),
         date: today(),
         source: format!(
-            "toparch calibrate: median of {RUNS_PER_CASE} runs per step of TopFormer-T/S/B at 512x512, 384x384, \
-             256x256 (S, B), 320x320 (T) and 224x224, and {STRIDED_DEPTHWISE_PROBE}; \
-             worst median/fastest run {:.2}",
+            "toparch calibrate: median of {RUNS_PER_CASE} runs per step of {}; worst median/fastest run {:.2}",
+            cases.iter().map(|c| c.0.as_str()).collect::<Vec<_>>().join(", "),
             cases.iter().map(|c| c.2).fold(1.0, f64::max)
         ),
         caches,
