@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use toparch::kernels::{
-    adaptive_avg_pool2d, batched_matmul, conv2d, expand_depthwise, resize_bilinear, softmax_rows, Conv2dDims,
+    adaptive_avg_pool2d, add_into, batched_matmul, conv2d, depthwise_project, expand_depthwise, resize_bilinear,
+    softmax_rows, Conv2dDims, ConvLayer,
 };
 use toparch::ops::activation::Activation;
 
@@ -106,6 +107,28 @@ fn bench(c: &mut Criterion) {
                 })
             });
         }
+        // The first block (expand ratio 1): depthwise, projection and residual add, fused and as three passes.
+        let (d, p) = (dims(16, 256, 16, 3, 1, 16), dims(16, 256, 16, 1, 1, 1));
+        let x = data(16 * 256 * 256);
+        let (dw, db, pw, pb) = (data(16 * 9), data(16), data(16 * 16), data(16));
+        let (mut hidden, mut y) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+        let dw_layer = ConvLayer { dims: &d, weight: &dw, bias: &db, act: Some(Activation::Relu) };
+        let project = ConvLayer { dims: &p, weight: &pw, bias: &pb, act: None };
+        let (dm, pm) = depthwise_project(&x, dw_layer, project, Some(&x), &mut y);
+        group.throughput(Throughput::Elements(2 * (dm + pm)));
+        let name = "dw k3 s1 16ch 256 + 16->16 + residual";
+        group.bench_function(format!("unfused {name}"), |bench| {
+            pool.install(|| {
+                bench.iter(|| {
+                    conv2d(black_box(&x), &dw, Some(&db), &d, Some(Activation::Relu), &mut hidden);
+                    conv2d(&hidden, &pw, Some(&pb), &p, None, &mut y);
+                    add_into(&mut y, &x)
+                })
+            })
+        });
+        group.bench_function(format!("fused {name}"), |bench| {
+            pool.install(|| bench.iter(|| depthwise_project(black_box(&x), dw_layer, project, Some(&x), &mut y)))
+        });
         let mut scores = data(4 * 256 * 256);
         group.throughput(Throughput::Elements(scores.len() as u64));
         group.bench_function("softmax 1024x256", |bench| {

@@ -6,12 +6,12 @@ use super::latency::{features, nnls, run_features, Caches, Device, Family, Famil
 use crate::error::{Error, Result};
 use crate::exec::{Executor, NodeParams};
 use crate::graph::Graph;
-use crate::spec::{load_embedded, MbBlock};
+use crate::spec::load_embedded;
 use std::collections::BTreeMap;
 
-/// The networks and sizes calibration times (spec, height, width), plus [`STRIDED_DEPTHWISE_PROBE`]: the
-/// family from 224² to 512², so that the laws see steps whose maps stay in L2 as well as ones that stream
-/// from memory, and small steps that run on fewer threads. Held-out checks use other networks and sizes.
+/// The networks and sizes calibration times (spec, height, width): the family from 224² to 512², so that the
+/// laws see steps whose maps stay in L2 as well as ones that stream from memory, and small steps that run on
+/// fewer threads. Held-out checks use other networks and sizes.
 pub const CALIBRATION_CASES: [(&str, usize, usize); 12] = [
     ("topformer-tiny", 512, 512),
     ("topformer-small", 512, 512),
@@ -27,24 +27,15 @@ pub const CALIBRATION_CASES: [(&str, usize, usize); 12] = [
     ("topformer-base", 224, 224),
 ];
 
-/// TopFormer-T at 512x512 with its first block (expand ratio 1, so its depthwise conv runs unfused) at stride 2:
-/// the family networks have no unfused stride-2 depthwise conv of their own.
-pub const STRIDED_DEPTHWISE_PROBE: &str = "topformer-tiny with a stride-2 first block";
-
-/// Networks calibration times, counting the probe.
-pub const CALIBRATION_RUNS: usize = CALIBRATION_CASES.len() + 1;
+/// Networks calibration times.
+pub const CALIBRATION_RUNS: usize = CALIBRATION_CASES.len();
 
 /// The graphs calibration times, by description.
 fn calibration_graphs() -> Result<Vec<(String, Graph)>> {
-    let mut graphs = Vec::with_capacity(CALIBRATION_RUNS);
-    for (spec, h, w) in CALIBRATION_CASES {
-        graphs.push((format!("{spec} at {h}x{w}"), load_embedded(spec)?.compile(h, w)?));
-    }
-    let mut probe = load_embedded("topformer-tiny")?;
-    let first = &mut probe.spec.token_pyramid.blocks[0];
-    *first = MbBlock(first.kernel(), 1.0, first.out(), 2);
-    graphs.push((format!("{STRIDED_DEPTHWISE_PROBE} at 512x512"), probe.compile(512, 512)?));
-    Ok(graphs)
+    CALIBRATION_CASES
+        .iter()
+        .map(|&(spec, h, w)| Ok((format!("{spec} at {h}x{w}"), load_embedded(spec)?.compile(h, w)?)))
+        .collect()
 }
 
 /// Timed runs per case (after one warm-up run).
@@ -174,7 +165,7 @@ pub struct Calibration {
     pub cases: Vec<(String, f64, f64)>,
 }
 
-/// Times [`CALIBRATION_CASES`] and the strided-depthwise probe on `threads` threads and fits a device profile named `name`; `tick` is called
+/// Times [`CALIBRATION_CASES`] on `threads` threads and fits a device profile named `name`; `tick` is called
 /// after every timed run. Refuses, naming the case, when the machine is too busy to time reliably: when a
 /// case's median run is more than `max_spread` times its fastest.
 pub fn calibrate(name: &str, threads: usize, max_spread: f64, tick: &dyn Fn()) -> Result<Calibration> {

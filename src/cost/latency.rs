@@ -27,7 +27,8 @@ pub enum Family {
     DepthwiseStride1,
     /// Depthwise k×k convolutions at stride 2.
     DepthwiseStride2,
-    /// A 1×1 expand fused with the depthwise convolution that reads it.
+    /// A 1×1 conv and a depthwise convolution fused in bands: an expand and the depthwise conv that reads
+    /// it, or a depthwise conv and the projection that reads it (with its residual add).
     ExpandDepthwise,
     /// Attention matmuls and linear layers.
     MatMul,
@@ -80,7 +81,7 @@ impl Family {
     pub fn of(step: &PlanStep, graph: &Graph) -> Family {
         let first = &graph.node(step.nodes[0]).op;
         match (step.kind, first) {
-            (StepKind::ExpandDepthwise { .. }, _) => Family::ExpandDepthwise,
+            (StepKind::ExpandDepthwise { .. } | StepKind::DepthwiseProject { .. }, _) => Family::ExpandDepthwise,
             (StepKind::ResizeAdd, _) => Family::ResizeAdd,
             (StepKind::Conv, Op::Conv2d(c)) if c.groups > 1 && c.groups == c.in_channels => {
                 if c.stride == 1 {
@@ -164,6 +165,9 @@ pub fn parallel_share(step: &PlanStep, graph: &Graph, threads: usize) -> f64 {
             let Op::Conv2d(dw) = &graph.node(step.nodes[depthwise_at]).op else { return 1.0 };
             let hidden = &first.shape;
             kernels::expand_depthwise_split(&expand.dims(input, hidden), &dw.dims(hidden, out), threads)
+        }
+        (StepKind::DepthwiseProject { .. }, Op::Conv2d(dw)) => {
+            kernels::depthwise_project_split(&dw.dims(input, &first.shape), threads)
         }
         (StepKind::ResizeAdd, _) | (StepKind::Op, Op::Resize(_)) => {
             let (_, in_h, in_w) = chw(&graph.node(step.reads[0]).shape);

@@ -23,6 +23,13 @@ struct ConvChain {
     act: Option<Activation>,
 }
 
+impl ConvChain {
+    /// The chain as a fused kernel's operand, with its dimensions `dims`.
+    fn layer<'a>(&'a self, dims: &'a kernels::Conv2dDims) -> kernels::ConvLayer<'a> {
+        kernels::ConvLayer { dims, weight: &self.params[0], bias: &self.params[1], act: self.act }
+    }
+}
+
 /// What a step of the plan does, with its bound params.
 enum Work {
     /// Runs a conv chain.
@@ -30,6 +37,9 @@ enum Work {
     /// A pointwise expand chain and the depthwise chain that alone reads it, fused so the expanded map stays in
     /// cache.
     ExpandDepthwise(ConvChain, ConvChain),
+    /// A depthwise chain and the pointwise projection chain that alone reads it (and the residual add), fused so
+    /// the depthwise output stays in cache.
+    DepthwiseProject(ConvChain, ConvChain),
     /// Runs the node's op with its float params.
     Op(Vec<Vec<f32>>),
     /// `other + resize(x)`, accumulated straight into the add's other operand.
@@ -217,6 +227,27 @@ impl<'g> Executor<'g> {
                     macs[dw_node.index()] = dw_macs;
                     expand_macs
                 }
+                Work::DepthwiseProject(dw, project) => {
+                    let StepKind::DepthwiseProject { project_at, residual } = step.kind else {
+                        unreachable!("work is bound from the step's kind")
+                    };
+                    let project_node = step.nodes[project_at];
+                    let mut out = take_buffer(&mut free, out_len);
+                    let x = buffers[first.inputs[0].index()].as_deref().unwrap_or_default();
+                    let hidden = &first.shape;
+                    let dw_dims = dw.conv.dims(&g.node(first.inputs[0]).shape, hidden);
+                    let project_dims = project.conv.dims(hidden, &g.node(project_node).shape);
+                    let (dw_macs, project_macs) = kernels::depthwise_project(
+                        x,
+                        dw.layer(&dw_dims),
+                        project.layer(&project_dims),
+                        residual.then_some(x),
+                        &mut out,
+                    );
+                    buffers[out_index.index()] = Some(out);
+                    macs[project_node.index()] = project_macs;
+                    dw_macs
+                }
                 Work::Op(params) => {
                     let shapes: Vec<_> = first.inputs.iter().map(|i| &g.node(*i).shape).collect();
                     let param_refs: Vec<&[f32]> = params.iter().map(Vec::as_slice).collect();
@@ -324,6 +355,11 @@ fn bind(graph: &Graph, plan: &Plan, NodeParams(mut params): NodeParams) -> Vec<W
             StepKind::ExpandDepthwise { depthwise_at } => {
                 let (expand, dw) = step.nodes.split_at(depthwise_at);
                 Work::ExpandDepthwise(chain(&mut params, expand), chain(&mut params, dw))
+            }
+            StepKind::DepthwiseProject { project_at, residual } => {
+                let (dw, rest) = step.nodes.split_at(project_at);
+                let project = &rest[..rest.len() - usize::from(residual)];
+                Work::DepthwiseProject(chain(&mut params, dw), chain(&mut params, project))
             }
             StepKind::ResizeAdd => Work::ResizeAdd,
             StepKind::Op => Work::Op(std::mem::take(&mut params[step.nodes[0].index()])),

@@ -19,6 +19,15 @@ pub enum StepKind {
         /// Index in the step's nodes where the depthwise chain starts.
         depthwise_at: usize,
     },
+    /// A depthwise conv chain and the pointwise projection chain that alone reads it, fused so the depthwise
+    /// output stays in cache; the projection starts at `nodes[project_at]`. With `residual`, the step's last
+    /// node is the add that alone reads the projection and whose other operand is the depthwise conv's input.
+    DepthwiseProject {
+        /// Index in the step's nodes where the projection chain starts.
+        project_at: usize,
+        /// Whether the residual add is fused too.
+        residual: bool,
+    },
     /// One node's op.
     Op,
     /// `other + resize(x)`: a bilinear resize whose only reader is an add, run at the add's place and
@@ -64,7 +73,9 @@ pub struct Plan {
 impl Plan {
     /// Groups nodes into steps: a conv absorbs the BatchNorm that alone reads it and then the activation that
     /// alone reads that; a pointwise conv chain and the depthwise chain that alone reads it run as one fused
-    /// kernel; a resize whose only reader is an add runs inside that add. No named output is ever absorbed.
+    /// kernel, and so do a depthwise conv chain and the pointwise projection chain that alone reads it (with
+    /// the residual add of the depthwise conv's input that alone reads the projection); a resize whose only
+    /// reader is an add runs inside that add. No named output is ever absorbed.
     pub fn new(graph: &Graph) -> Self {
         let mut planner = Planner::new(graph);
         let mut steps = Vec::new();
@@ -96,7 +107,17 @@ impl Plan {
                         nodes.extend(planner.conv_chain(dw));
                         PlanStep { kind: StepKind::ExpandDepthwise { depthwise_at }, nodes, reads }
                     }
-                    None => PlanStep { kind: StepKind::Conv, nodes, reads },
+                    None => match planner.fusable_projection(&nodes, conv) {
+                        Some(project) => {
+                            let project_at = nodes.len();
+                            nodes.extend(planner.conv_chain(project));
+                            let add = planner.residual_add(&nodes, reads[0]);
+                            nodes.extend(add);
+                            let kind = StepKind::DepthwiseProject { project_at, residual: add.is_some() };
+                            PlanStep { kind, nodes, reads }
+                        }
+                        None => PlanStep { kind: StepKind::Conv, nodes, reads },
+                    },
                 }
             } else {
                 PlanStep { kind: StepKind::Op, nodes: vec![i], reads: node.inputs.clone() }
@@ -238,6 +259,32 @@ impl<'g> Planner<'g> {
         let expand_dims = conv.dims(input, hidden);
         let dw_dims = dw.dims(hidden, &self.graph.node(reader).shape);
         kernels::supports_expand_depthwise(&expand_dims, &dw_dims).then_some(reader)
+    }
+
+    /// The pointwise conv that alone reads a depthwise chain's output, when the fused kernel supports the pair.
+    fn fusable_projection(&self, chain: &[NodeIndex], conv: &Conv2d) -> Option<NodeIndex> {
+        let reader = self.sole_reader(*chain.last()?)?;
+        let Op::Conv2d(project) = &self.graph.node(reader).op else { return None };
+        let input = &self.graph.node(self.graph.node(chain[0]).inputs[0]).shape;
+        let hidden = &self.graph.node(chain[0]).shape;
+        let depthwise_dims = conv.dims(input, hidden);
+        let project_dims = project.dims(hidden, &self.graph.node(reader).shape);
+        kernels::supports_depthwise_project(&depthwise_dims, &project_dims).then_some(reader)
+    }
+
+    /// The add that alone reads a chain's output and adds `residual`, of the same shape, to it; marked absorbed.
+    fn residual_add(&mut self, chain: &[NodeIndex], residual: NodeIndex) -> Option<NodeIndex> {
+        let tail = *chain.last()?;
+        let add = self.sole_reader(tail)?;
+        let node = self.graph.node(add);
+        let adds_residual = node.op == Op::Elementwise(Elementwise::Add)
+            && (node.inputs[..] == [tail, residual] || node.inputs[..] == [residual, tail])
+            && self.graph.node(residual).shape == node.shape
+            && self.graph.node(tail).shape == node.shape;
+        adds_residual.then(|| {
+            self.absorbed[add.index()] = true;
+            add
+        })
     }
 
     /// The conv at `i` with the BatchNorm and activation it absorbs, marked absorbed.

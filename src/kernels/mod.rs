@@ -20,6 +20,7 @@ mod fused;
 mod matmul;
 mod pool;
 mod resize;
+mod separable;
 mod simd;
 mod softmax;
 
@@ -30,6 +31,7 @@ pub use fused::{expand_depthwise, expand_depthwise_split, supports_expand_depthw
 pub use matmul::{batched_matmul, batched_matmul_split};
 pub use pool::{adaptive_avg_pool2d, adaptive_avg_pool2d_split, adaptive_bin};
 pub use resize::{resize_bilinear, resize_bilinear_split};
+pub use separable::{depthwise_project, depthwise_project_split, supports_depthwise_project, ConvLayer};
 pub use softmax::{softmax_rows, softmax_rows_split};
 
 use std::cell::Cell;
