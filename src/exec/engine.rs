@@ -9,6 +9,7 @@ use crate::graph::Graph;
 use crate::kernels;
 use crate::ops::{numel, resize, Activation, Conv2d, ForwardArgs, Op};
 use petgraph::graph::NodeIndex;
+use rayon::prelude::*;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -82,6 +83,9 @@ pub struct Executor<'g> {
     spare: std::sync::Mutex<Vec<Buffer>>,
 }
 
+/// Values per parallel piece when the executor first writes its buffers (64 KB).
+const PAGE_WRITE_CHUNK: usize = 16 * 1024;
+
 /// Most worker threads an executor takes: far beyond the cores toparch targets (a larger pool only stalls).
 pub const MAX_THREADS: usize = 1024;
 
@@ -112,24 +116,31 @@ impl<'g> Executor<'g> {
     /// Allocates and writes the buffers a run to the logits (the network's output when it has none)
     /// takes, following its schedule without computing anything, and leaves them as spares: the first
     /// run then neither allocates nor faults in fresh pages, like every later one. Such a run holds the
-    /// same buffers, so the peak is unchanged.
+    /// same buffers, so the peak is unchanged. The pages are written by every thread of the pool, in parallel.
     fn fault_in_buffers(&self) {
         let g = self.graph;
         let last = g.tap_node("logits").unwrap_or(g.output());
         let mut buffers: Vec<Option<Buffer>> = (0..g.len()).map(|_| None).collect();
         let mut free = Vec::new();
+        // Allocated zeroed, so no page is touched until the parallel pass below writes them.
+        let take = |free: &mut Vec<Buffer>, len: usize| {
+            take_free(free, len).unwrap_or_else(|| Buffer { data: vec![0.0; len], len })
+        };
         // A run copies its input into a buffer, which joins the spares once it is no longer read.
-        buffers[g.input().index()] = Some(take_buffer(&mut free, numel(g.input_shape()) as usize));
+        buffers[g.input().index()] = Some(take(&mut free, numel(g.input_shape()) as usize));
         for scheduled in &self.plan.schedule(g, last, &[]).steps {
             let out_index = self.plan.steps[scheduled.step].output();
             let out_len = numel(&g.node(out_index).shape) as usize;
             let reused = scheduled.reuses.and_then(|i| buffers[i.index()].take());
-            buffers[out_index.index()] = Some(reused.unwrap_or_else(|| take_buffer(&mut free, out_len)));
+            buffers[out_index.index()] = Some(reused.unwrap_or_else(|| take(&mut free, out_len)));
             for i in &scheduled.frees {
                 free.extend(buffers[i.index()].take());
             }
         }
         free.extend(buffers.into_iter().flatten());
+        self.pool.install(|| {
+            free.par_iter_mut().for_each(|b| b.data.par_chunks_mut(PAGE_WRITE_CHUNK).for_each(|c| c.fill(0.0)))
+        });
         *self.spare.lock().unwrap_or_else(|e| e.into_inner()) = free;
     }
 
@@ -313,16 +324,19 @@ impl std::ops::DerefMut for Buffer {
 
 /// A buffer of `len` values with unspecified contents: the smallest free one that is large enough, else new.
 fn take_buffer(free: &mut Vec<Buffer>, len: usize) -> Buffer {
+    take_free(free, len).unwrap_or_else(|| {
+        // Written rather than allocated zeroed (which maps untouched pages), so the pages are faulted in now.
+        let mut data = Vec::with_capacity(len);
+        data.resize(len, 0.0);
+        Buffer { data, len }
+    })
+}
+
+/// The smallest free buffer that holds `len` values, handed out at that length.
+fn take_free(free: &mut Vec<Buffer>, len: usize) -> Option<Buffer> {
     let best = free.iter().enumerate().filter(|(_, b)| b.data.len() >= len).min_by_key(|(_, b)| b.data.len());
-    match best.map(|(i, _)| i) {
-        Some(i) => Buffer { len, ..free.swap_remove(i) },
-        None => {
-            // Written rather than allocated zeroed (which maps untouched pages), so the pages are faulted in now.
-            let mut data = Vec::with_capacity(len);
-            data.resize(len, 0.0);
-            Buffer { data, len }
-        }
-    }
+    let i = best.map(|(i, _)| i)?;
+    Some(Buffer { len, ..free.swap_remove(i) })
 }
 
 /// Binds `params` to the plan's steps: BatchNorms folded into their convs, activations fused.
