@@ -9,7 +9,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use toparch::kernels::{
     adaptive_avg_pool2d, add_into, batched_matmul, conv2d, depthwise_project, expand_depthwise, resize_bilinear,
-    softmax_rows, Conv2dDims, ConvLayer,
+    softmax_rows, Conv2dDims, ConvLayer, Projection,
 };
 use toparch::ops::activation::Activation;
 
@@ -91,7 +91,9 @@ fn bench(c: &mut Criterion) {
             let mut hidden = vec![0.0; e.out_channels * e.out_h * e.out_w];
             let mut y = vec![0.0; d.out_channels * d.out_h * d.out_w];
             let act = Some(Activation::Relu6);
-            let (em, dm) = expand_depthwise(&x, e, &ew, &eb, act, d, &dw, &db, act, &mut y);
+            let expand = ConvLayer { dims: e, weight: &ew, bias: &eb, act };
+            let depthwise = ConvLayer { dims: d, weight: &dw, bias: &db, act };
+            let [em, dm, _] = expand_depthwise(&x, expand, depthwise, None, &mut y);
             group.throughput(Throughput::Elements(2 * (em + dm)));
             group.bench_function(format!("unfused {name}"), |bench| {
                 pool.install(|| {
@@ -102,9 +104,7 @@ fn bench(c: &mut Criterion) {
                 })
             });
             group.bench_function(format!("fused {name}"), |bench| {
-                pool.install(|| {
-                    bench.iter(|| expand_depthwise(black_box(&x), e, &ew, &eb, act, d, &dw, &db, act, &mut y))
-                })
+                pool.install(|| bench.iter(|| expand_depthwise(black_box(&x), expand, depthwise, None, &mut y)))
             });
         }
         // The first block (expand ratio 1): depthwise, projection and residual add, fused and as three passes.
@@ -113,8 +113,9 @@ fn bench(c: &mut Criterion) {
         let (dw, db, pw, pb) = (data(16 * 9), data(16), data(16 * 16), data(16));
         let (mut hidden, mut y) = (vec![0.0; x.len()], vec![0.0; x.len()]);
         let dw_layer = ConvLayer { dims: &d, weight: &dw, bias: &db, act: Some(Activation::Relu) };
-        let project = ConvLayer { dims: &p, weight: &pw, bias: &pb, act: None };
-        let (dm, pm) = depthwise_project(&x, dw_layer, project, Some(&x), &mut y);
+        let layer = ConvLayer { dims: &p, weight: &pw, bias: &pb, act: None };
+        let project = Projection { layer, residual: Some(&x) };
+        let (dm, pm) = depthwise_project(&x, dw_layer, project, &mut y);
         group.throughput(Throughput::Elements(2 * (dm + pm)));
         let name = "dw k3 s1 16ch 256 + 16->16 + residual";
         group.bench_function(format!("unfused {name}"), |bench| {
@@ -127,7 +128,7 @@ fn bench(c: &mut Criterion) {
             })
         });
         group.bench_function(format!("fused {name}"), |bench| {
-            pool.install(|| bench.iter(|| depthwise_project(black_box(&x), dw_layer, project, Some(&x), &mut y)))
+            pool.install(|| bench.iter(|| depthwise_project(black_box(&x), dw_layer, project, &mut y)))
         });
         let mut scores = data(4 * 256 * 256);
         group.throughput(Throughput::Elements(scores.len() as u64));

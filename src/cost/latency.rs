@@ -81,7 +81,7 @@ impl Family {
     pub fn of(step: &PlanStep, graph: &Graph) -> Family {
         let first = &graph.node(step.nodes[0]).op;
         match (step.kind, first) {
-            (StepKind::ExpandDepthwise { .. } | StepKind::DepthwiseProject { .. }, _) => Family::ExpandDepthwise,
+            (StepKind::InvertedResidual { .. }, _) => Family::ExpandDepthwise,
             (StepKind::ResizeAdd, _) => Family::ResizeAdd,
             (StepKind::Conv, Op::Conv2d(c)) if c.groups > 1 && c.groups == c.in_channels => {
                 if c.stride == 1 {
@@ -158,16 +158,23 @@ pub fn parallel_share(step: &PlanStep, graph: &Graph, threads: usize) -> f64 {
     }
     let first = graph.node(step.nodes[0]);
     let input = &graph.node(first.inputs[0]).shape;
-    let out = &graph.node(step.output()).shape;
     let (c, h, w) = chw(&first.shape);
     let split = match (step.kind, &first.op) {
-        (StepKind::ExpandDepthwise { depthwise_at }, Op::Conv2d(expand)) => {
-            let Op::Conv2d(dw) = &graph.node(step.nodes[depthwise_at]).op else { return 1.0 };
-            let hidden = &first.shape;
-            kernels::expand_depthwise_split(&expand.dims(input, hidden), &dw.dims(hidden, out), threads)
-        }
-        (StepKind::DepthwiseProject { .. }, Op::Conv2d(dw)) => {
-            kernels::depthwise_project_split(&dw.dims(input, &first.shape), threads)
+        (StepKind::InvertedResidual { depthwise_at, project_at, .. }, Op::Conv2d(first_conv)) => {
+            let dw_node = graph.node(step.nodes[depthwise_at]);
+            let Op::Conv2d(dw) = &dw_node.op else { return 1.0 };
+            if depthwise_at == 0 {
+                kernels::depthwise_project_split(&first_conv.dims(input, &first.shape), threads)
+            } else {
+                let hidden = &first.shape;
+                let dw_dims = dw.dims(hidden, &dw_node.shape);
+                kernels::expand_depthwise_split(
+                    &first_conv.dims(input, hidden),
+                    &dw_dims,
+                    project_at.is_some(),
+                    threads,
+                )
+            }
         }
         (StepKind::ResizeAdd, _) | (StepKind::Op, Op::Resize(_)) => {
             let (_, in_h, in_w) = chw(&graph.node(step.reads[0]).shape);

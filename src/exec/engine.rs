@@ -35,12 +35,16 @@ impl ConvChain {
 enum Work {
     /// Runs a conv chain.
     Conv(ConvChain),
-    /// A pointwise expand chain and the depthwise chain that alone reads it, fused so the expanded map stays in
-    /// cache.
-    ExpandDepthwise(ConvChain, ConvChain),
-    /// A depthwise chain and the pointwise projection chain that alone reads it (and the residual add), fused so
-    /// the depthwise output stays in cache.
-    DepthwiseProject(ConvChain, ConvChain),
+    /// An inverted-residual block fused into one kernel: its optional expand chain, its depthwise chain and its
+    /// optional projection chain (the residual add, when fused, has no params).
+    InvertedResidual {
+        /// The pointwise expand.
+        expand: Option<ConvChain>,
+        /// The depthwise conv.
+        depthwise: ConvChain,
+        /// The pointwise projection.
+        project: Option<ConvChain>,
+    },
     /// Runs the node's op with its float params.
     Op(Vec<Vec<f32>>),
     /// `other + resize(x)`, accumulated straight into the add's other operand.
@@ -212,52 +216,43 @@ impl<'g> Executor<'g> {
                     buffers[out_index.index()] = Some(out);
                     performed
                 }
-                Work::ExpandDepthwise(expand, dw) => {
-                    let StepKind::ExpandDepthwise { depthwise_at } = step.kind else {
+                Work::InvertedResidual { expand, depthwise, project } => {
+                    let StepKind::InvertedResidual { depthwise_at, project_at, residual } = step.kind else {
                         unreachable!("work is bound from the step's kind")
                     };
-                    let dw_node = step.nodes[depthwise_at];
-                    let mut out = take_buffer(&mut free, out_len);
+                    let shape = |i: usize| &g.node(step.nodes[i]).shape;
                     let x = buffers[first.inputs[0].index()].as_deref().unwrap_or_default();
-                    let hidden = &first.shape;
-                    let expand_dims = expand.conv.dims(&g.node(first.inputs[0]).shape, hidden);
-                    let dw_dims = dw.conv.dims(hidden, &g.node(dw_node).shape);
-                    let (expand_macs, dw_macs) = kernels::expand_depthwise(
-                        x,
-                        &expand_dims,
-                        &expand.params[0],
-                        &expand.params[1],
-                        expand.act,
-                        &dw_dims,
-                        &dw.params[0],
-                        &dw.params[1],
-                        dw.act,
-                        &mut out,
-                    );
-                    buffers[out_index.index()] = Some(out);
-                    macs[dw_node.index()] = dw_macs;
-                    expand_macs
-                }
-                Work::DepthwiseProject(dw, project) => {
-                    let StepKind::DepthwiseProject { project_at, residual } = step.kind else {
-                        unreachable!("work is bound from the step's kind")
+                    let expand_dims = expand.as_ref().map(|e| e.conv.dims(&g.node(first.inputs[0]).shape, shape(0)));
+                    let dw_input = if depthwise_at > 0 { shape(0) } else { &g.node(first.inputs[0]).shape };
+                    let dw_dims = depthwise.conv.dims(dw_input, shape(depthwise_at));
+                    let project_dims =
+                        project.as_ref().zip(project_at).map(|(p, at)| p.conv.dims(shape(depthwise_at), shape(at)));
+                    let projection = project
+                        .as_ref()
+                        .zip(project_dims.as_ref())
+                        .map(|(p, dims)| kernels::Projection { layer: p.layer(dims), residual: residual.then_some(x) });
+                    let mut out = take_buffer(&mut free, out_len);
+                    let dw_layer = depthwise.layer(&dw_dims);
+                    let [expand_macs, dw_macs, project_macs] = match (expand, &expand_dims, projection) {
+                        (Some(e), Some(dims), _) => {
+                            kernels::expand_depthwise(x, e.layer(dims), dw_layer, projection, &mut out)
+                        }
+                        (_, _, Some(projection)) => {
+                            let (dw_macs, project_macs) = kernels::depthwise_project(x, dw_layer, projection, &mut out);
+                            [0, dw_macs, project_macs]
+                        }
+                        _ => unreachable!("a fused block has an expand or a projection"),
                     };
-                    let project_node = step.nodes[project_at];
-                    let mut out = take_buffer(&mut free, out_len);
-                    let x = buffers[first.inputs[0].index()].as_deref().unwrap_or_default();
-                    let hidden = &first.shape;
-                    let dw_dims = dw.conv.dims(&g.node(first.inputs[0]).shape, hidden);
-                    let project_dims = project.conv.dims(hidden, &g.node(project_node).shape);
-                    let (dw_macs, project_macs) = kernels::depthwise_project(
-                        x,
-                        dw.layer(&dw_dims),
-                        project.layer(&project_dims),
-                        residual.then_some(x),
-                        &mut out,
-                    );
                     buffers[out_index.index()] = Some(out);
-                    macs[project_node.index()] = project_macs;
-                    dw_macs
+                    macs[step.nodes[depthwise_at].index()] = dw_macs;
+                    if let Some(at) = project_at {
+                        macs[step.nodes[at].index()] = project_macs;
+                    }
+                    if depthwise_at > 0 {
+                        expand_macs
+                    } else {
+                        dw_macs
+                    }
                 }
                 Work::Op(params) => {
                     let shapes: Vec<_> = first.inputs.iter().map(|i| &g.node(*i).shape).collect();
@@ -366,14 +361,16 @@ fn bind(graph: &Graph, plan: &Plan, NodeParams(mut params): NodeParams) -> Vec<W
     for step in &plan.steps {
         work.push(match step.kind {
             StepKind::Conv => Work::Conv(chain(&mut params, &step.nodes)),
-            StepKind::ExpandDepthwise { depthwise_at } => {
-                let (expand, dw) = step.nodes.split_at(depthwise_at);
-                Work::ExpandDepthwise(chain(&mut params, expand), chain(&mut params, dw))
-            }
-            StepKind::DepthwiseProject { project_at, residual } => {
-                let (dw, rest) = step.nodes.split_at(project_at);
-                let project = &rest[..rest.len() - usize::from(residual)];
-                Work::DepthwiseProject(chain(&mut params, dw), chain(&mut params, project))
+            StepKind::InvertedResidual { depthwise_at, project_at, residual } => {
+                let end = step.nodes.len() - usize::from(residual);
+                let project_start = project_at.unwrap_or(end);
+                let (expand, dw) = (&step.nodes[..depthwise_at], &step.nodes[depthwise_at..project_start]);
+                let project = &step.nodes[project_start..end];
+                Work::InvertedResidual {
+                    expand: (!expand.is_empty()).then(|| chain(&mut params, expand)),
+                    depthwise: chain(&mut params, dw),
+                    project: (!project.is_empty()).then(|| chain(&mut params, project)),
+                }
             }
             StepKind::ResizeAdd => Work::ResizeAdd,
             StepKind::Op => Work::Op(std::mem::take(&mut params[step.nodes[0].index()])),

@@ -13,18 +13,16 @@ use petgraph::graph::NodeIndex;
 pub enum StepKind {
     /// A conv with the BatchNorm that alone reads it folded in and the activation that alone reads that fused.
     Conv,
-    /// A pointwise expand chain and the depthwise chain that alone reads it, fused so the expanded map stays
-    /// in cache; the depthwise chain starts at `nodes[depthwise_at]`.
-    ExpandDepthwise {
-        /// Index in the step's nodes where the depthwise chain starts.
+    /// Convs of a MobileNetV2 inverted-residual block fused into one kernel that works in bands of rows, so the
+    /// maps inside the block stay in cache: an optional pointwise expand chain (`nodes[..depthwise_at]`), the
+    /// depthwise chain that alone reads it, and an optional pointwise projection chain that alone reads that
+    /// (from `nodes[project_at]`), with, when `residual`, the add that alone reads the projection and adds the
+    /// block's input as the step's last node. At least one of the expand and the projection is present.
+    InvertedResidual {
+        /// Index in the step's nodes where the depthwise chain starts (0 without an expand).
         depthwise_at: usize,
-    },
-    /// A depthwise conv chain and the pointwise projection chain that alone reads it, fused so the depthwise
-    /// output stays in cache; the projection starts at `nodes[project_at]`. With `residual`, the step's last
-    /// node is the add that alone reads the projection and whose other operand is the depthwise conv's input.
-    DepthwiseProject {
-        /// Index in the step's nodes where the projection chain starts.
-        project_at: usize,
+        /// Index in the step's nodes where the projection chain starts, if one is fused.
+        project_at: Option<usize>,
         /// Whether the residual add is fused too.
         residual: bool,
     },
@@ -72,10 +70,10 @@ pub struct Plan {
 
 impl Plan {
     /// Groups nodes into steps: a conv absorbs the BatchNorm that alone reads it and then the activation that
-    /// alone reads that; a pointwise conv chain and the depthwise chain that alone reads it run as one fused
-    /// kernel, and so do a depthwise conv chain and the pointwise projection chain that alone reads it (with
-    /// the residual add of the depthwise conv's input that alone reads the projection); a resize whose only
-    /// reader is an add runs inside that add. No named output is ever absorbed.
+    /// alone reads that; a pointwise conv chain, the depthwise chain that alone reads it and the projection
+    /// chain that alone reads that (with the residual add of the block's input that alone reads the projection)
+    /// run as one fused kernel, as far as the fused kernels support them ([`StepKind::InvertedResidual`]); a
+    /// resize whose only reader is an add runs inside that add. No named output is ever absorbed.
     pub fn new(graph: &Graph) -> Self {
         let mut planner = Planner::new(graph);
         let mut steps = Vec::new();
@@ -101,23 +99,28 @@ impl Plan {
             } else if let Op::Conv2d(conv) = &node.op {
                 let mut nodes = planner.conv_chain(i);
                 let reads = node.inputs.clone();
-                match planner.fusable_depthwise(&nodes, conv) {
-                    Some(dw) => {
-                        let depthwise_at = nodes.len();
-                        nodes.extend(planner.conv_chain(dw));
-                        PlanStep { kind: StepKind::ExpandDepthwise { depthwise_at }, nodes, reads }
-                    }
-                    None => match planner.fusable_projection(&nodes, conv) {
-                        Some(project) => {
-                            let project_at = nodes.len();
+                // The chain is an expand with the depthwise conv that reads it, or is that depthwise conv.
+                let (depthwise_at, depthwise) = match planner.fusable_depthwise(&nodes, conv) {
+                    Some(dw) => (nodes.len(), Some(dw)),
+                    None => (0, None),
+                };
+                if let Some(dw) = depthwise {
+                    nodes.extend(planner.conv_chain(dw));
+                }
+                let project = planner.fusable_projection(&nodes, depthwise_at);
+                match project {
+                    None if depthwise.is_none() => PlanStep { kind: StepKind::Conv, nodes, reads },
+                    _ => {
+                        let project_at = project.map(|project| {
+                            let at = nodes.len();
                             nodes.extend(planner.conv_chain(project));
-                            let add = planner.residual_add(&nodes, reads[0]);
-                            nodes.extend(add);
-                            let kind = StepKind::DepthwiseProject { project_at, residual: add.is_some() };
-                            PlanStep { kind, nodes, reads }
-                        }
-                        None => PlanStep { kind: StepKind::Conv, nodes, reads },
-                    },
+                            at
+                        });
+                        let add = project.and_then(|_| planner.residual_add(&nodes, reads[0]));
+                        nodes.extend(add);
+                        let kind = StepKind::InvertedResidual { depthwise_at, project_at, residual: add.is_some() };
+                        PlanStep { kind, nodes, reads }
+                    }
                 }
             } else {
                 PlanStep { kind: StepKind::Op, nodes: vec![i], reads: node.inputs.clone() }
@@ -261,15 +264,24 @@ impl<'g> Planner<'g> {
         kernels::supports_expand_depthwise(&expand_dims, &dw_dims).then_some(reader)
     }
 
-    /// The pointwise conv that alone reads a depthwise chain's output, when the fused kernel supports the pair.
-    fn fusable_projection(&self, chain: &[NodeIndex], conv: &Conv2d) -> Option<NodeIndex> {
+    /// The pointwise conv that alone reads the depthwise chain starting at `chain[depthwise_at]` (after the
+    /// expand chain before it, if any), when a fused kernel supports the projection after them.
+    fn fusable_projection(&self, chain: &[NodeIndex], depthwise_at: usize) -> Option<NodeIndex> {
         let reader = self.sole_reader(*chain.last()?)?;
         let Op::Conv2d(project) = &self.graph.node(reader).op else { return None };
-        let input = &self.graph.node(self.graph.node(chain[0]).inputs[0]).shape;
-        let hidden = &self.graph.node(chain[0]).shape;
-        let depthwise_dims = conv.dims(input, hidden);
-        let project_dims = project.dims(hidden, &self.graph.node(reader).shape);
-        kernels::supports_depthwise_project(&depthwise_dims, &project_dims).then_some(reader)
+        let Op::Conv2d(dw) = &self.graph.node(chain[depthwise_at]).op else { return None };
+        let dims = |at: usize, conv: &Conv2d| {
+            conv.dims(&self.graph.node(self.graph.node(chain[at]).inputs[0]).shape, &self.graph.node(chain[at]).shape)
+        };
+        let dw_dims = dims(depthwise_at, dw);
+        let project_dims = project.dims(&self.graph.node(chain[depthwise_at]).shape, &self.graph.node(reader).shape);
+        let supported = match &self.graph.node(chain[0]).op {
+            Op::Conv2d(expand) if depthwise_at > 0 => {
+                kernels::supports_expand_depthwise_project(&dims(0, expand), &dw_dims, &project_dims)
+            }
+            _ => kernels::supports_depthwise_project(&dw_dims, &project_dims),
+        };
+        supported.then_some(reader)
     }
 
     /// The add that alone reads a chain's output and adds `residual`, of the same shape, to it; marked absorbed.

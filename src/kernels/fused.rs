@@ -1,22 +1,25 @@
-//! A MobileNetV2 expand (1×1 conv) fused with the depthwise conv that reads it, so that the wide
-//! expanded map never goes through memory.
+//! A MobileNetV2 expand (1×1 conv) fused with the depthwise conv that reads it, and optionally with the
+//! projection (1×1 conv) and residual add after that, so that the wide expanded map (and the depthwise
+//! output) never goes through memory.
 //!
 //! The output is split into one piece per rayon thread, by rows where the images are tall enough and
-//! by channels otherwise; each piece walks its rows in bands. For a band, the expanded input rows it
+//! by channels otherwise (never with a projection, which reads every channel); each piece walks its rows
+//! in bands. For a band, the expanded input rows it
 //! reads are computed by one single-threaded GEMM `W[channels, Cin] · X[Cin, rows·W]` into a
 //! thread-local scratch sized to stay in L2, then every channel runs the direct depthwise kernel of
 //! [`conv2d`](super::conv2d) on those rows with the band's own top and bottom padding, applying the
 //! expand bias and activation as it pads them (in L1, in its vector versions, with no separate pass; rows
 //! shared between bands get it once per band). Rows shared with the previous band of the same piece
 //! are kept (moved to the front of the scratch), so only pieces of rows after the first recompute a
-//! halo of `k − stride` expanded rows.
+//! halo of `k − stride` expanded rows. With a projection, the depthwise rows of the band go to the scratch
+//! and are projected from there into the output rows, as in [`depthwise_project`].
 
 use ndarray::{ArrayView2, ArrayViewMut2, ArrayViewMut3, Axis, ShapeBuilder};
 use rayon::prelude::*;
 
 use super::conv::{conv2d, dw_channel, Conv2dDims, DwIn, DwOut, DwPlan};
 use super::matmul::{gemm, view2};
-use super::Activation;
+use super::separable::{depthwise_project, is_pointwise, project_band, ConvLayer, Projection};
 use super::{vector_isa, with_scratch, Isa, Split};
 
 /// Floats of expanded rows a band holds (768 KB): with the padded band plane and the streamed input
@@ -45,55 +48,60 @@ pub fn supports_expand_depthwise(expand: &Conv2dDims, depthwise: &Conv2dDims) ->
     pointwise && chained && depthwise && reads_every_row
 }
 
+/// Whether [`expand_depthwise`] also fuses the projection `project` after the pair `(expand, depthwise)`:
+/// the pair fuses, `project` is a 1×1 conv on the depthwise output, and the map is tall enough that a split
+/// of the rows between two threads recomputes at most 1/[`HALO_SHARE`] of the expand (the whole block runs
+/// in pieces of rows, since the projection reads every channel; see [`expand_depthwise_split`]). On smaller
+/// maps the fused block measured no faster than the pair and the projection apart, on one thread or two.
+pub fn supports_expand_depthwise_project(expand: &Conv2dDims, depthwise: &Conv2dDims, project: &Conv2dDims) -> bool {
+    let chained =
+        (project.in_channels, project.in_h, project.in_w) == (depthwise.out_channels, depthwise.out_h, depthwise.out_w);
+    supports_expand_depthwise(expand, depthwise)
+        && is_pointwise(project)
+        && chained
+        && row_pieces(expand, depthwise, 2) == 2
+}
+
+/// Pieces of rows are cut only while each extra piece recomputes at most this share (1/32) of the expand.
+const HALO_SHARE: usize = 32;
+
 /// A 1×1 expand conv (stride 1, no padding, one group, with bias and optional activation) followed by
-/// a depthwise k×k conv (with bias and optional activation), computed in bands of output rows so the
-/// expanded map stays in cache instead of going through memory.
+/// a depthwise k×k conv (with bias and optional activation), and optionally by a 1×1 projection (and its
+/// residual add), computed in bands of output rows so the expanded map (and the depthwise output) stays in
+/// cache instead of going through memory.
 ///
-/// `input` is `[Cin, H, W]`, `expand_weight` `[hidden, Cin]`, `dw_weight` `[hidden, 1, k, k]`, the
-/// biases have `hidden` values and `out` (`[hidden, Ho, Wo]`) is fully overwritten. Same result as
-/// `conv2d(expand)` then `conv2d(depthwise)` up to float rounding.
+/// `input` is `[Cin, H, W]`, `expand.weight` `[hidden, Cin]`, `depthwise.weight` `[hidden, 1, k, k]`; `out`
+/// is `[hidden, Ho, Wo]`, or `[Cout, Ho, Wo]` with a projection, and is fully overwritten. Same result as
+/// `conv2d(expand)`, `conv2d(depthwise)` (and `conv2d(project)` and the add) up to float rounding.
 ///
-/// Returns the multiply-accumulates of (expand, depthwise) as the unfused pair counts them:
-/// `hidden·H·W·Cin` and `hidden·Ho·Wo·k²`. The expand count is exact in that every expanded pixel is
-/// computed at least once (guaranteed by [`supports_expand_depthwise`]); it does not include the
-/// halo rows recomputed where a thread's piece of rows starts, `(k − stride)·W·hidden·Cin` per piece
-/// after the first. Pieces of rows are only used when that is at most 1/32 of the expand per piece
-/// (e.g. one extra row of 256, 0.4 %, for 3×3 stride 2 at 256² on two threads); one thread, or a
-/// split by channels, recomputes nothing.
+/// Returns the multiply-accumulates of (expand, depthwise, projection) as the unfused convs count them
+/// (0 for an absent projection): `hidden·H·W·Cin`, `hidden·Ho·Wo·k²` and `Cout·Ho·Wo·hidden`. The expand
+/// count is exact in that every expanded pixel is computed at least once (guaranteed by
+/// [`supports_expand_depthwise`]); it does not include the halo rows recomputed where a thread's piece of
+/// rows starts, `(k − stride)·W·hidden·Cin` per piece after the first. Pieces of rows are only used when
+/// that is at most 1/32 of the expand per piece (e.g. one extra row of 256, 0.4 %, for 3×3 stride 2 at
+/// 256² on two threads); one thread, or a split by channels, recomputes nothing.
 ///
-/// Pairs that [`supports_expand_depthwise`] rejects are computed unfused, through a temporary buffer.
-#[allow(clippy::too_many_arguments)] // the documented kernel signature
+/// Pairs that [`supports_expand_depthwise`] rejects (and projections that
+/// [`supports_expand_depthwise_project`] rejects) are computed unfused, through temporary buffers.
 pub fn expand_depthwise(
     input: &[f32],
-    expand: &Conv2dDims,
-    expand_weight: &[f32],
-    expand_bias: &[f32],
-    expand_act: Option<Activation>,
-    depthwise: &Conv2dDims,
-    dw_weight: &[f32],
-    dw_bias: &[f32],
-    dw_act: Option<Activation>,
+    expand: ConvLayer,
+    depthwise: ConvLayer,
+    project: Option<Projection>,
     out: &mut [f32],
-) -> (u64, u64) {
-    let (e, d) = (expand, depthwise);
+) -> [u64; 3] {
+    let (e, d) = (expand.dims, depthwise.dims);
     debug_assert_eq!(input.len(), e.in_channels * e.in_h * e.in_w);
-    debug_assert_eq!(expand_weight.len(), e.out_channels * e.in_channels);
-    debug_assert_eq!(expand_bias.len(), e.out_channels);
-    debug_assert_eq!(dw_weight.len(), d.out_channels * d.kernel_h * d.kernel_w);
-    debug_assert_eq!(dw_bias.len(), d.out_channels);
-    debug_assert_eq!(out.len(), d.out_channels * d.out_h * d.out_w);
-    let pair = Pair {
-        input,
-        e,
-        ew: expand_weight,
-        eb: expand_bias,
-        eact: expand_act,
-        d,
-        dw: dw_weight,
-        db: dw_bias,
-        dact: dw_act,
-    };
-    let fused = supports_expand_depthwise(e, d).then_some(match (d.kernel_h, d.stride_h) {
+    debug_assert_eq!(expand.weight.len(), e.out_channels * e.in_channels);
+    debug_assert_eq!(expand.bias.len(), e.out_channels);
+    debug_assert_eq!(depthwise.weight.len(), d.out_channels * d.kernel_h * d.kernel_w);
+    debug_assert_eq!(depthwise.bias.len(), d.out_channels);
+    debug_assert_eq!(out.len(), project.map_or(d.out_channels, |p| p.layer.dims.out_channels) * d.out_h * d.out_w);
+    let pair = Pair { input, expand, depthwise, project };
+    let fuses = supports_expand_depthwise(e, d)
+        && project.is_none_or(|p| supports_expand_depthwise_project(e, d, p.layer.dims));
+    let fused = fuses.then_some(match (d.kernel_h, d.stride_h) {
         (3, 1) => fused::<3, 1>,
         (3, 2) => fused::<3, 2>,
         (5, 1) => fused::<5, 1>,
@@ -101,27 +109,25 @@ pub fn expand_depthwise(
         (7, 1) => fused::<7, 1>,
         _ => fused::<7, 2>,
     });
-    match fused {
-        Some(kernel) => kernel(&pair, out),
-        None => {
-            let mut hidden = vec![0.0; e.out_channels * e.out_h * e.out_w];
-            let macs = conv2d(input, expand_weight, Some(expand_bias), e, expand_act, &mut hidden);
-            (macs, conv2d(&hidden, dw_weight, Some(dw_bias), d, dw_act, out))
-        }
+    if let Some(kernel) = fused {
+        return kernel(&pair, out);
     }
+    let mut hidden = vec![0.0; e.out_channels * e.out_h * e.out_w];
+    let expand_macs = conv2d(input, expand.weight, Some(expand.bias), e, expand.act, &mut hidden);
+    let Some(project) = project else {
+        let dw_macs = conv2d(&hidden, depthwise.weight, Some(depthwise.bias), d, depthwise.act, out);
+        return [expand_macs, dw_macs, 0];
+    };
+    let (dw_macs, project_macs) = depthwise_project(&hidden, depthwise, project, out);
+    [expand_macs, dw_macs, project_macs]
 }
 
-/// The operands of one expand + depthwise pair.
+/// The operands of one fused expand + depthwise (+ projection).
 struct Pair<'a> {
     input: &'a [f32],
-    e: &'a Conv2dDims,
-    ew: &'a [f32],
-    eb: &'a [f32],
-    eact: Option<Activation>,
-    d: &'a Conv2dDims,
-    dw: &'a [f32],
-    db: &'a [f32],
-    dact: Option<Activation>,
+    expand: ConvLayer<'a>,
+    depthwise: ConvLayer<'a>,
+    project: Option<Projection<'a>>,
 }
 
 /// Band heights of one fused pair: output rows per band and expanded rows the scratch holds per channel.
@@ -145,41 +151,52 @@ impl Bands {
     }
 }
 
-/// The pieces the fused pair `(e, d)` is cut into on `threads` threads: whether by output rows (else by
-/// channels), and the output rows and channels of each piece. Rows when the halo each extra piece
-/// recomputes, `k − stride` expanded rows, is at most 1/32 of the image.
-fn pieces(e: &Conv2dDims, d: &Conv2dDims, threads: usize) -> (bool, usize, usize) {
+/// Pieces of rows the fused pair `(e, d)` is cut into on `threads` threads: as many as threads while the
+/// halo each extra piece recomputes, `k − stride` expanded rows, stays at most 1/[`HALO_SHARE`] of the image
+/// (at least 1).
+fn row_pieces(e: &Conv2dDims, d: &Conv2dDims, threads: usize) -> usize {
+    let halo = d.kernel_h - d.stride_h;
+    threads.clamp(1, 1 + e.in_h / (halo * HALO_SHARE)).min(d.out_h)
+}
+
+/// The pieces the fused pair `(e, d)` (with a projection when `projected`) is cut into on `threads` threads:
+/// whether by output rows (else by channels), and the output rows and channels of each piece. By rows when
+/// every thread gets a piece of rows ([`row_pieces`]), and always with a projection (which reads every
+/// channel), then in as many pieces as the halo allows.
+fn pieces(e: &Conv2dDims, d: &Conv2dDims, projected: bool, threads: usize) -> (bool, usize, usize) {
     let (hidden, threads) = (e.out_channels, threads.max(1));
-    let by_rows = (d.kernel_h - d.stride_h) * (threads - 1) * 32 <= e.in_h;
-    if by_rows {
-        (true, d.out_h.div_ceil(threads.min(d.out_h)), hidden)
+    let rows = row_pieces(e, d, threads);
+    if rows == threads.min(d.out_h) || projected {
+        (true, d.out_h.div_ceil(rows), hidden)
     } else {
         (false, d.out_h, hidden.div_ceil(threads.min(hidden)))
     }
 }
 
-/// How [`expand_depthwise`] divides a pair it fuses among `threads` threads.
-pub fn expand_depthwise_split(expand: &Conv2dDims, depthwise: &Conv2dDims, threads: usize) -> Split {
-    match pieces(expand, depthwise, threads) {
+/// How [`expand_depthwise`] divides a pair it fuses (with a projection when `projected`) among `threads`
+/// threads.
+pub fn expand_depthwise_split(expand: &Conv2dDims, depthwise: &Conv2dDims, projected: bool, threads: usize) -> Split {
+    match pieces(expand, depthwise, projected, threads) {
         (true, piece_h, _) => Split { units: depthwise.out_h, piece: piece_h },
         (false, _, piece_c) => Split { units: expand.out_channels, piece: piece_c },
     }
 }
 
-/// The fused pair with a `K × K` depthwise kernel and stride `S`, parallel over pieces of the output:
-/// pieces of rows when the halo each extra piece recomputes is small against the image height (at most
-/// 1/32 of it per piece), otherwise groups of channels (no halo; every thread re-reads the input).
-fn fused<const K: usize, const S: usize>(p: &Pair, out: &mut [f32]) -> (u64, u64) {
-    let (e, d) = (p.e, p.d);
+/// The fused pair (or block) with a `K × K` depthwise kernel and stride `S`, parallel over the pieces of
+/// the output that [`pieces`] cuts: of rows, or of channels (no halo; every thread re-reads the input).
+fn fused<const K: usize, const S: usize>(p: &Pair, out: &mut [f32]) -> [u64; 3] {
+    let (e, d) = (p.expand.dims, p.depthwise.dims);
     let hidden = e.out_channels;
-    let (by_rows, piece_h, piece_c) = pieces(e, d, rayon::current_num_threads());
-    // As many output rows per band as keep a piece's expanded rows within budget (at least one).
-    let budget_rows = BAND_FLOATS / (piece_c * e.in_w);
-    let height = if budget_rows >= K { (budget_rows - K) / S + 1 } else { 1 }.min(piece_h);
+    let out_channels = p.project.map_or(hidden, |pr| pr.layer.dims.out_channels);
+    let (by_rows, piece_h, piece_c) = pieces(e, d, p.project.is_some(), rayon::current_num_threads());
+    // As many output rows per band as keep a piece's expanded rows (and its depthwise and projected rows)
+    // within budget (at least one).
+    let per_row = piece_c * e.in_w * S + p.project.map_or(0, |_| (hidden + out_channels) * d.out_w);
+    let height = (BAND_FLOATS.saturating_sub(piece_c * e.in_w * (K - S)) / per_row).clamp(1, piece_h);
     let bands = Bands { height, capacity: (height - 1) * S + K };
     let isa = vector_isa();
     let mut y =
-        ArrayViewMut3::from_shape((hidden, d.out_h, d.out_w), out).expect("output length checked by the caller");
+        ArrayViewMut3::from_shape((out_channels, d.out_h, d.out_w), out).expect("output length checked by the caller");
     let pieces: Vec<_> = if by_rows {
         y.axis_chunks_iter_mut(Axis(1), piece_h).enumerate().map(|(i, piece)| (0, i * piece_h, piece)).collect()
     } else {
@@ -187,11 +204,15 @@ fn fused<const K: usize, const S: usize>(p: &Pair, out: &mut [f32]) -> (u64, u64
     };
     pieces.into_par_iter().for_each(|(c0, oy0, piece)| run_piece::<K, S>(p, c0, oy0, piece, bands, isa));
     let macs = |a: usize, b: usize, c: usize, k: usize| (a * b * c * k) as u64;
-    (macs(hidden, e.in_h, e.in_w, e.in_channels), macs(hidden, d.out_h, d.out_w, K * K))
+    [
+        macs(hidden, e.in_h, e.in_w, e.in_channels),
+        macs(hidden, d.out_h, d.out_w, K * K),
+        p.project.map_or(0, |_| macs(out_channels, d.out_h, d.out_w, hidden)),
+    ]
 }
 
-/// Channels `c0..` and output rows `oy0..` of the output, held in `piece` (`[channels, rows, Wo]`),
-/// band after band on this thread.
+/// Channels `c0..` and output rows `oy0..` of the output, held in `piece` (`[channels, rows, Wo]`; with a
+/// projection, every output channel), band after band on this thread.
 fn run_piece<const K: usize, const S: usize>(
     p: &Pair,
     c0: usize,
@@ -200,19 +221,22 @@ fn run_piece<const K: usize, const S: usize>(
     bands: Bands,
     isa: Isa,
 ) {
-    let (e, d) = (p.e, p.d);
-    let (channels, w) = (piece.len_of(Axis(0)), e.in_w);
+    let (e, d) = (p.expand.dims, p.depthwise.dims);
+    let w = e.in_w;
+    let channels = if p.project.is_some() { e.out_channels } else { piece.len_of(Axis(0)) };
     let channel_len = bands.channel_stride(w);
     let buf_len = DwPlan::<S>::new::<K>(d, 0, bands.height, isa).buf_len();
-    with_scratch(channels * channel_len + buf_len, |scratch| {
-        let (expanded, buf) = scratch.split_at_mut(channels * channel_len);
+    let projected_len = p.project.map_or(0, |_| channels * bands.height * d.out_w);
+    with_scratch(channels * channel_len + buf_len + projected_len, |scratch| {
+        let (expanded, rest) = scratch.split_at_mut(channels * channel_len);
+        let (buf, depthwise_rows) = rest.split_at_mut(buf_len);
         // Input rows `held.0..held.1` are expanded in rows `0..` of every channel's scratch.
         let mut held = (0, 0);
         for (b, mut band) in piece.axis_chunks_iter_mut(Axis(1), bands.height).enumerate() {
-            let band_oy0 = oy0 + b * bands.height;
-            let plan = DwPlan::<S>::new::<K>(d, band_oy0, band.len_of(Axis(1)), isa);
+            let (band_oy0, rows) = (oy0 + b * bands.height, band.len_of(Axis(1)));
+            let plan = DwPlan::<S>::new::<K>(d, band_oy0, rows, isa);
             let first = DwPlan::<S>::first_input_row(d, band_oy0);
-            let end = ((band_oy0 + band.len_of(Axis(1)) - 1) * S + K).saturating_sub(d.pad_h).min(e.in_h);
+            let end = ((band_oy0 + rows - 1) * S + K).saturating_sub(d.pad_h).min(e.in_h);
             plan.lay_zeros(end - first, buf);
             let keep = if held.0 <= first && first < held.1 { held.1 - first } else { 0 };
             if keep > 0 && first > held.0 {
@@ -222,12 +246,22 @@ fn run_piece<const K: usize, const S: usize>(
             }
             expand_rows(p, c0, first + keep..end, expanded, keep, channel_len);
             held = (first, end);
+            let n = rows * d.out_w;
             for (c, channel) in (c0..).zip(expanded.chunks_exact(channel_len)) {
-                let mut y = band.index_axis_mut(Axis(0), c - c0);
-                let y = y.as_slice_mut().expect("one channel's rows of a band are contiguous");
-                let x = DwIn { x: &channel[..(end - first) * w], bias: p.eb[c], act: p.eact };
-                let out = DwOut { y, bias: p.db[c], act: p.dact };
-                dw_channel::<K, S>(x, &p.dw[c * K * K..][..K * K], &plan, buf, out);
+                let mut plane;
+                let y = match p.project {
+                    Some(_) => &mut depthwise_rows[(c - c0) * n..][..n],
+                    None => {
+                        plane = band.index_axis_mut(Axis(0), c - c0);
+                        plane.as_slice_mut().expect("one channel's rows of a band are contiguous")
+                    }
+                };
+                let x = DwIn { x: &channel[..(end - first) * w], bias: p.expand.bias[c], act: p.expand.act };
+                let out = DwOut { y, bias: p.depthwise.bias[c], act: p.depthwise.act };
+                dw_channel::<K, S>(x, &p.depthwise.weight[c * K * K..][..K * K], &plan, buf, out);
+            }
+            if let Some(project) = p.project {
+                project_band(&depthwise_rows[..channels * n], project, band_oy0, band);
             }
         }
     });
@@ -236,7 +270,7 @@ fn run_piece<const K: usize, const S: usize>(
 /// Expands input `rows` for the channels `c0..` that `expanded` holds (`stride` floats apart) into row
 /// `slot` onwards, without the expand bias and activation: the depthwise applies those as it pads.
 fn expand_rows(p: &Pair, c0: usize, rows: std::ops::Range<usize>, expanded: &mut [f32], slot: usize, stride: usize) {
-    let (e, w) = (p.e, p.e.in_w);
+    let (e, w) = (p.expand.dims, p.expand.dims.in_w);
     let (channels, n) = (expanded.len() / stride, rows.len() * w);
     if n == 0 {
         return;
@@ -246,13 +280,14 @@ fn expand_rows(p: &Pair, c0: usize, rows: std::ops::Range<usize>, expanded: &mut
         .expect("input rows lie inside every channel's plane");
     let mut y = ArrayViewMut2::from_shape((channels, n).strides((stride, 1)), &mut expanded[slot * w..])
         .expect("expanded rows fit the scratch");
-    gemm(&view2(&p.ew[c0 * e.in_channels..], channels, e.in_channels), &x, &mut y);
+    gemm(&view2(&p.expand.weight[c0 * e.in_channels..], channels, e.in_channels), &x, &mut y);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kernels::test_util::{assert_close, random, with_pools};
+    use crate::kernels::Activation;
 
     /// The expand `cin → hidden` at `h × w` and the depthwise `k × k`, stride `s`, padding `k / 2` after it.
     fn pair(cin: usize, hidden: usize, h: usize, w: usize, k: usize, s: usize) -> (Conv2dDims, Conv2dDims) {
@@ -289,30 +324,74 @@ mod tests {
         (expand, depthwise)
     }
 
+    /// A 1×1 projection to `cout` channels after the depthwise conv `d`.
+    fn projection(d: &Conv2dDims, cout: usize) -> Conv2dDims {
+        Conv2dDims {
+            in_channels: d.out_channels,
+            in_h: d.out_h,
+            in_w: d.out_w,
+            out_channels: cout,
+            kernel_h: 1,
+            kernel_w: 1,
+            stride_h: 1,
+            stride_w: 1,
+            pad_h: 0,
+            pad_w: 0,
+            groups: 1,
+            out_h: d.out_h,
+            out_w: d.out_w,
+        }
+    }
+
     /// Runs the fused pair against two `conv2d` calls for every activation on either side, in every
-    /// pool of [`with_pools`]; checks both MAC counts.
-    fn check((e, d): (Conv2dDims, Conv2dDims)) {
+    /// pool of [`with_pools`]; checks the MAC counts. With `project` (`Cout`), the block with a 1×1
+    /// projection after it (and, when `Cout` equals the input channels at stride 1, its residual add) against
+    /// the unfused convs.
+    fn check((e, d): (Conv2dDims, Conv2dDims), project: Option<usize>) {
         assert!(supports_expand_depthwise(&e, &d), "{e:?} {d:?}");
         let x = random(e.in_channels * e.in_h * e.in_w, 21, 2.0);
         let ew = random(e.out_channels * e.in_channels, 22, 1.0);
         let eb = random(e.out_channels, 23, 1.0);
         let dw = random(d.out_channels * d.kernel_h * d.kernel_w, 24, 1.0);
         let db = random(d.out_channels, 25, 1.0);
+        let p = project.map(|cout| projection(&d, cout));
+        let cout = project.unwrap_or(d.out_channels);
+        let (pw, pb) = (random(cout * d.out_channels, 26, 1.0), random(cout, 27, 1.0));
+        let residual = (cout * d.out_h * d.out_w == x.len()).then_some(&x[..]);
         let acts: Vec<_> = [None].into_iter().chain(Activation::ALL.map(Some)).collect();
-        let want_macs = (
-            (e.out_channels * e.in_h * e.in_w * e.in_channels) as u64,
-            (d.out_channels * d.out_h * d.out_w * d.kernel_h * d.kernel_w) as u64,
-        );
+        let macs = |a: usize, b: usize, c: usize, k: usize| (a * b * c * k) as u64;
+        let want_macs = [
+            macs(e.out_channels, e.in_h, e.in_w, e.in_channels),
+            macs(d.out_channels, d.out_h, d.out_w, d.kernel_h * d.kernel_w),
+            p.map_or(0, |p| macs(p.out_channels, p.out_h, p.out_w, p.in_channels)),
+        ];
         with_pools(|setup| {
             for (i, &eact) in acts.iter().enumerate() {
                 for dact in [acts[i], acts[(i + 1) % acts.len()]] {
                     let mut hidden = vec![f32::NAN; e.out_channels * e.out_h * e.out_w];
-                    let mut want = vec![f32::NAN; d.out_channels * d.out_h * d.out_w];
+                    let mut depthwise_out = vec![f32::NAN; d.out_channels * d.out_h * d.out_w];
                     conv2d(&x, &ew, Some(&eb), &e, eact, &mut hidden);
-                    conv2d(&hidden, &dw, Some(&db), &d, dact, &mut want);
+                    conv2d(&hidden, &dw, Some(&db), &d, dact, &mut depthwise_out);
+                    let want = match &p {
+                        None => depthwise_out,
+                        Some(p) => {
+                            let mut want = vec![f32::NAN; cout * d.out_h * d.out_w];
+                            conv2d(&depthwise_out, &pw, Some(&pb), p, eact, &mut want);
+                            if let Some(r) = residual {
+                                want.iter_mut().zip(r).for_each(|(y, r)| *y += r);
+                            }
+                            want
+                        }
+                    };
                     let mut got = vec![f32::NAN; want.len()];
-                    let macs = expand_depthwise(&x, &e, &ew, &eb, eact, &d, &dw, &db, dact, &mut got);
-                    let what = format!("{e:?} {d:?} acts {eact:?} {dact:?} {setup}");
+                    let expand = ConvLayer { dims: &e, weight: &ew, bias: &eb, act: eact };
+                    let depthwise = ConvLayer { dims: &d, weight: &dw, bias: &db, act: dact };
+                    let projection = p.as_ref().map(|p| Projection {
+                        layer: ConvLayer { dims: p, weight: &pw, bias: &pb, act: eact },
+                        residual,
+                    });
+                    let macs = expand_depthwise(&x, expand, depthwise, projection, &mut got);
+                    let what = format!("{e:?} {d:?} {p:?} acts {eact:?} {dact:?} {setup}");
                     assert_close(&got, &want, &what);
                     assert_eq!(macs, want_macs, "{what}");
                 }
@@ -325,7 +404,7 @@ mod tests {
         for (k, s) in [(3, 1), (3, 2), (5, 1), (5, 2), (7, 1), (7, 2)] {
             for (h, w) in [(7, 11), (1, 1), (13, 37), (2, 3), (8, 4)] {
                 for (cin, ratio) in [(3, 1), (4, 2), (5, 3), (2, 4), (3, 5), (4, 6)] {
-                    check(pair(cin, cin * ratio, h, w, k, s));
+                    check(pair(cin, cin * ratio, h, w, k, s), None);
                 }
             }
         }
@@ -335,15 +414,32 @@ mod tests {
     fn matches_unfused_across_many_bands() {
         // Several bands per piece (the scratch budget is exceeded), held rows moved between bands, and
         // pieces of rows on two and three threads.
-        check(pair(16, 64, 256, 256, 3, 2));
-        check(pair(4, 24, 301, 160, 5, 2));
-        check(pair(4, 24, 150, 161, 5, 1));
-        check(pair(3, 18, 200, 200, 7, 1));
+        check(pair(16, 64, 256, 256, 3, 2), None);
+        check(pair(4, 24, 301, 160, 5, 2), None);
+        check(pair(4, 24, 150, 161, 5, 1), None);
+        check(pair(3, 18, 200, 200, 7, 1), None);
         // One band (budget not exceeded), split by rows or by channels.
-        check(pair(16, 64, 33, 65, 3, 2));
-        check(pair(24, 72, 33, 65, 5, 1));
+        check(pair(16, 64, 33, 65, 3, 2), None);
+        check(pair(24, 72, 33, 65, 5, 1), None);
         // Split by rows on two threads and by (uneven) channels on three.
-        check(pair(5, 25, 130, 20, 5, 1));
+        check(pair(5, 25, 130, 20, 5, 1), None);
+    }
+
+    #[test]
+    fn whole_blocks_match_unfused() {
+        // With the projection (and the residual where the shapes allow): several bands, pieces of rows on
+        // two threads and fewer pieces than the three threads on a short map; a stride-2 block without residual.
+        check(pair(16, 64, 256, 256, 3, 2), Some(24));
+        check(pair(8, 48, 128, 131, 3, 1), Some(8));
+        check(pair(6, 36, 70, 33, 3, 1), Some(6));
+        check(pair(5, 30, 130, 20, 5, 1), Some(7));
+        check(pair(4, 24, 97, 160, 5, 2), Some(4));
+        // 63 rows of 3×3 stride 1: two pieces would recompute 2 rows of 63, more than 1/32.
+        let (e, d) = pair(4, 16, 63, 40, 3, 1);
+        assert!(!supports_expand_depthwise_project(&e, &d, &projection(&d, 4)));
+        let (e, d) = pair(4, 16, 64, 40, 3, 1);
+        assert!(supports_expand_depthwise_project(&e, &d, &projection(&d, 4)));
+        assert!(!supports_expand_depthwise_project(&e, &d, &Conv2dDims { stride_h: 2, ..projection(&d, 4) }));
     }
 
     #[test]
@@ -376,8 +472,10 @@ mod tests {
             conv2d(&hidden, &dw, Some(&db), &d, None, &mut want),
         );
         let mut got = vec![f32::NAN; want.len()];
-        let macs = expand_depthwise(&x, &e, &ew, &eb, Some(Activation::Relu6), &d, &dw, &db, None, &mut got);
+        let expand = ConvLayer { dims: &e, weight: &ew, bias: &eb, act: Some(Activation::Relu6) };
+        let depthwise = ConvLayer { dims: &d, weight: &dw, bias: &db, act: None };
+        let macs = expand_depthwise(&x, expand, depthwise, None, &mut got);
         assert_close(&got, &want, "fallback");
-        assert_eq!(macs, want_macs);
+        assert_eq!(macs, [want_macs.0, want_macs.1, 0]);
     }
 }

@@ -27,11 +27,13 @@ mod softmax;
 pub use activation::Activation;
 pub use conv::{conv2d, conv2d_split, Conv2dDims};
 pub use elementwise::{add_into, elementwise_split, mul_into};
-pub use fused::{expand_depthwise, expand_depthwise_split, supports_expand_depthwise};
+pub use fused::{
+    expand_depthwise, expand_depthwise_split, supports_expand_depthwise, supports_expand_depthwise_project,
+};
 pub use matmul::{batched_matmul, batched_matmul_split};
 pub use pool::{adaptive_avg_pool2d, adaptive_avg_pool2d_split, adaptive_bin};
 pub use resize::{resize_bilinear, resize_bilinear_split};
-pub use separable::{depthwise_project, depthwise_project_split, supports_depthwise_project, ConvLayer};
+pub use separable::{depthwise_project, depthwise_project_split, supports_depthwise_project, ConvLayer, Projection};
 pub use softmax::{softmax_rows, softmax_rows_split};
 
 use std::cell::Cell;

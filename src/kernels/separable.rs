@@ -8,7 +8,7 @@
 //! them into the output rows, and the projection's bias, activation and the residual are applied while
 //! those rows are still in cache. Bands share no computed rows, so nothing is recomputed.
 
-use ndarray::{ArrayView2, ArrayViewMut3, Axis, ShapeBuilder};
+use ndarray::{ArrayViewMut3, Axis};
 use rayon::prelude::*;
 
 use super::conv::{conv2d, dw_channel, Conv2dDims, DwIn, DwOut, DwPlan};
@@ -30,6 +30,23 @@ pub struct ConvLayer<'a> {
     pub act: Option<Activation>,
 }
 
+/// The 1×1 projection that ends a fused kernel, with the residual added after it (`[Cout, Ho, Wo]`, as the
+/// output).
+#[derive(Clone, Copy)]
+pub struct Projection<'a> {
+    /// The 1×1 conv.
+    pub layer: ConvLayer<'a>,
+    /// Added to its output, after its activation.
+    pub residual: Option<&'a [f32]>,
+}
+
+/// Whether `p` is a 1×1 stride-1 unpadded conv with one group, as fused kernels project with.
+pub(super) fn is_pointwise(p: &Conv2dDims) -> bool {
+    p.groups == 1
+        && (p.kernel_h, p.kernel_w, p.stride_h, p.stride_w, p.pad_h, p.pad_w) == (1, 1, 1, 1, 0, 0)
+        && (p.out_h, p.out_w) == (p.in_h, p.in_w)
+}
+
 /// Whether [`depthwise_project`] fuses this pair: `depthwise` is a depthwise conv with a square 3×3, 5×5
 /// or 7×7 kernel and equal strides of 1 or 2, and `project` a 1×1 stride-1 unpadded conv with one group on
 /// its output.
@@ -40,11 +57,8 @@ pub fn supports_depthwise_project(depthwise: &Conv2dDims, project: &Conv2dDims) 
         && d.kernel_h == d.kernel_w
         && d.stride_h == d.stride_w
         && matches!((d.kernel_h, d.stride_h), (3 | 5 | 7, 1 | 2));
-    let pointwise = p.groups == 1
-        && (p.kernel_h, p.kernel_w, p.stride_h, p.stride_w, p.pad_h, p.pad_w) == (1, 1, 1, 1, 0, 0)
-        && (p.out_h, p.out_w) == (p.in_h, p.in_w);
     let chained = (p.in_channels, p.in_h, p.in_w) == (d.out_channels, d.out_h, d.out_w);
-    depthwise && pointwise && chained
+    depthwise && is_pointwise(p) && chained
 }
 
 /// `out = act_p(project(act_d(depthwise(input)))) (+ residual)`, in bands of output rows so that the
@@ -54,17 +68,12 @@ pub fn supports_depthwise_project(depthwise: &Conv2dDims, project: &Conv2dDims) 
 /// Same result as two [`conv2d`] calls and an add, up to float rounding. Returns the multiply-accumulates
 /// of (depthwise, projection) as the unfused pair counts them; nothing is recomputed. Pairs that
 /// [`supports_depthwise_project`] rejects are computed unfused, through a temporary buffer.
-pub fn depthwise_project(
-    input: &[f32],
-    depthwise: ConvLayer,
-    project: ConvLayer,
-    residual: Option<&[f32]>,
-    out: &mut [f32],
-) -> (u64, u64) {
-    let (d, p) = (depthwise.dims, project.dims);
+pub fn depthwise_project(input: &[f32], depthwise: ConvLayer, project: Projection, out: &mut [f32]) -> (u64, u64) {
+    let (d, p) = (depthwise.dims, project.layer.dims);
+    let residual = project.residual;
     debug_assert_eq!(input.len(), d.in_channels * d.in_h * d.in_w);
     debug_assert_eq!(depthwise.weight.len(), d.out_channels * d.kernel_h * d.kernel_w);
-    debug_assert_eq!(project.weight.len(), p.out_channels * p.in_channels);
+    debug_assert_eq!(project.layer.weight.len(), p.out_channels * p.in_channels);
     debug_assert_eq!(out.len(), p.out_channels * p.out_h * p.out_w);
     debug_assert!(residual.is_none_or(|r| r.len() == out.len()));
     let fused = supports_depthwise_project(d, p).then_some(match (d.kernel_h, d.stride_h) {
@@ -76,11 +85,12 @@ pub fn depthwise_project(
         _ => fused::<7, 2>,
     });
     match fused {
-        Some(kernel) => kernel(input, depthwise, project, residual, out),
+        Some(kernel) => kernel(input, depthwise, project, out),
         None => {
             let mut hidden = vec![0.0; d.out_channels * d.out_h * d.out_w];
             let dw_macs = conv2d(input, depthwise.weight, Some(depthwise.bias), d, depthwise.act, &mut hidden);
-            let pw_macs = conv2d(&hidden, project.weight, Some(project.bias), p, project.act, out);
+            let pw = project.layer;
+            let pw_macs = conv2d(&hidden, pw.weight, Some(pw.bias), p, pw.act, out);
             if let Some(r) = residual {
                 out.iter_mut().zip(r).for_each(|(y, r)| *y += r);
             }
@@ -103,11 +113,10 @@ pub fn depthwise_project_split(depthwise: &Conv2dDims, threads: usize) -> Split 
 fn fused<const K: usize, const S: usize>(
     input: &[f32],
     depthwise: ConvLayer,
-    project: ConvLayer,
-    residual: Option<&[f32]>,
+    project: Projection,
     out: &mut [f32],
 ) -> (u64, u64) {
-    let (d, p) = (depthwise.dims, project.dims);
+    let (d, p) = (depthwise.dims, project.layer.dims);
     let piece_h = piece_rows(d, rayon::current_num_threads());
     // As many output rows per band as keep the depthwise rows and the projected rows within budget.
     let height = (BAND_FLOATS / 2 / ((d.out_channels + p.out_channels) * d.out_w)).clamp(1, piece_h);
@@ -118,31 +127,29 @@ fn fused<const K: usize, const S: usize>(
         y.axis_chunks_iter_mut(Axis(1), piece_h).enumerate().map(|(i, piece)| (i * piece_h, piece)).collect();
     pieces
         .into_par_iter()
-        .for_each(|(oy0, piece)| run_piece::<K, S>(input, depthwise, project, residual, oy0, piece, height, isa));
+        .for_each(|(oy0, piece)| run_piece::<K, S>(input, depthwise, project, oy0, piece, height, isa));
     let macs = |a: usize, b: usize, c: usize, k: usize| (a * b * c * k) as u64;
     (macs(d.out_channels, d.out_h, d.out_w, K * K), macs(p.out_channels, p.out_h, p.out_w, p.in_channels))
 }
 
 /// Output rows `oy0..` of every channel, held in `piece` (`[Cout, rows, Wo]`), band after band on this
 /// thread.
-#[allow(clippy::too_many_arguments)] // the operands of one piece
 fn run_piece<const K: usize, const S: usize>(
     input: &[f32],
     depthwise: ConvLayer,
-    project: ConvLayer,
-    residual: Option<&[f32]>,
+    project: Projection,
     oy0: usize,
     mut piece: ArrayViewMut3<f32>,
     height: usize,
     isa: Isa,
 ) {
-    let (d, p) = (depthwise.dims, project.dims);
+    let d = depthwise.dims;
     let (channels, w, out_w) = (d.in_channels, d.in_w, d.out_w);
-    let (in_plane, out_plane) = (d.in_h * w, d.out_h * out_w);
+    let in_plane = d.in_h * w;
     let buf_len = DwPlan::<S>::new::<K>(d, 0, height, isa).buf_len();
     with_scratch(channels * height * out_w + buf_len, |scratch| {
         let (hidden, buf) = scratch.split_at_mut(channels * height * out_w);
-        for (b, mut band) in piece.axis_chunks_iter_mut(Axis(1), height).enumerate() {
+        for (b, band) in piece.axis_chunks_iter_mut(Axis(1), height).enumerate() {
             let (band_oy0, rows) = (oy0 + b * height, band.len_of(Axis(1)));
             let n = rows * out_w;
             let plan = DwPlan::<S>::new::<K>(d, band_oy0, rows, isa);
@@ -154,22 +161,30 @@ fn run_piece<const K: usize, const S: usize>(
                 let out = DwOut { y, bias: depthwise.bias[c], act: depthwise.act };
                 dw_channel::<K, S>(x, &depthwise.weight[c * K * K..][..K * K], &plan, buf, out);
             }
-            // The band's rows of every output channel, one row of `n` values per channel.
-            assert!(band.merge_axes(Axis(1), Axis(2)), "a band's rows are contiguous within each channel");
-            let mut y = band.index_axis_move(Axis(1), 0);
-            let x = ArrayView2::from_shape((channels, n).strides((n, 1)), &hidden[..channels * n])
-                .expect("the band's depthwise rows fill the scratch");
-            gemm(&view2(project.weight, p.out_channels, channels), &x, &mut y);
-            for (co, mut row) in y.outer_iter_mut().enumerate() {
-                let row = row.as_slice_mut().expect("a channel's band rows are contiguous");
-                bias_act(row.iter_mut(), project.bias[co], project.act);
-                if let Some(r) = residual {
-                    let r = &r[co * out_plane + band_oy0 * out_w..][..n];
-                    row.iter_mut().zip(r).for_each(|(y, r)| *y += r);
-                }
-            }
+            project_band(&hidden[..channels * n], project, band_oy0, band);
         }
     });
+}
+
+/// Projects the depthwise rows of a band (`hidden`: one row of the band's pixels per channel) into the band's
+/// output rows `band` (`[Cout, rows, Wo]`, starting at output row `oy0`), then applies the projection's bias,
+/// activation and residual while they are in cache.
+pub(super) fn project_band(hidden: &[f32], project: Projection, oy0: usize, mut band: ArrayViewMut3<f32>) {
+    let (p, n) = (project.layer.dims, band.len_of(Axis(1)) * band.len_of(Axis(2)));
+    let x = view2(hidden, p.in_channels, n);
+    // The band's rows of every output channel, one row of `n` values per channel.
+    assert!(band.merge_axes(Axis(1), Axis(2)), "a band's rows are contiguous within each channel");
+    let mut y = band.index_axis_move(Axis(1), 0);
+    gemm(&view2(project.layer.weight, p.out_channels, p.in_channels), &x, &mut y);
+    let out_plane = p.out_h * p.out_w;
+    for (co, mut row) in y.outer_iter_mut().enumerate() {
+        let row = row.as_slice_mut().expect("a channel's band rows are contiguous");
+        bias_act(row.iter_mut(), project.layer.bias[co], project.layer.act);
+        if let Some(r) = project.residual {
+            let r = &r[co * out_plane + oy0 * p.out_w..][..n];
+            row.iter_mut().zip(r).for_each(|(y, r)| *y += r);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -238,8 +253,9 @@ mod tests {
                     }
                     let mut got = vec![f32::NAN; want.len()];
                     let depthwise = ConvLayer { dims: &d, weight: &dw, bias: &db, act: dact };
-                    let project = ConvLayer { dims: &p, weight: &pw, bias: &pb, act: pact };
-                    let macs = depthwise_project(&x, depthwise, project, add.then_some(&residual[..]), &mut got);
+                    let layer = ConvLayer { dims: &p, weight: &pw, bias: &pb, act: pact };
+                    let project = Projection { layer, residual: add.then_some(&residual[..]) };
+                    let macs = depthwise_project(&x, depthwise, project, &mut got);
                     let what = format!("{d:?} {p:?} acts {dact:?} {pact:?} residual {add} {setup}");
                     assert_close(&got, &want, &what);
                     assert_eq!(macs, want_macs, "{what}");
@@ -284,8 +300,8 @@ mod tests {
         );
         let mut got = vec![f32::NAN; want.len()];
         let depthwise = ConvLayer { dims: &even, weight: &dw, bias: &db, act: Some(Activation::Relu) };
-        let project = ConvLayer { dims: &after_even, weight: &pw, bias: &pb, act: None };
-        assert_eq!(depthwise_project(&x, depthwise, project, None, &mut got), want_macs);
+        let layer = ConvLayer { dims: &after_even, weight: &pw, bias: &pb, act: None };
+        assert_eq!(depthwise_project(&x, depthwise, Projection { layer, residual: None }, &mut got), want_macs);
         assert_close(&got, &want, "fallback");
     }
 }
