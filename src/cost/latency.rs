@@ -377,8 +377,8 @@ impl Device {
     }
 }
 
-/// A run's own cost in the model's terms: the input's bytes (copied from memory) and one call, in
-/// [`features`] order.
+/// A run's own cost in the model's terms: the input's bytes (priced as from memory; the run's bookkeeping
+/// grows with the network's size) and one call, in [`features`] order.
 pub fn run_features(graph: &Graph) -> [f64; FEATURES] {
     [0.0, 0.0, 0.0, 4.0 * numel(graph.input_shape()) as f64, 1.0, 0.0]
 }

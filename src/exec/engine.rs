@@ -130,8 +130,7 @@ impl<'g> Executor<'g> {
         let take = |free: &mut Vec<Buffer>, len: usize| {
             take_free(free, len).unwrap_or_else(|| Buffer { data: vec![0.0; len], len })
         };
-        // A run copies its input into a buffer, which joins the spares once it is no longer read.
-        buffers[g.input().index()] = Some(take(&mut free, numel(g.input_shape()) as usize));
+        // A run reads its input where the caller holds it.
         for scheduled in &self.plan.schedule(g, last, &[]).steps {
             let out_index = self.plan.steps[scheduled.step].output();
             let out_len = numel(&g.node(out_index).shape) as usize;
@@ -170,11 +169,8 @@ impl<'g> Executor<'g> {
     fn execute(&self, input: &[f32], until: NodeIndex, keep: &[NodeIndex]) -> Result<RunOutput> {
         let g = self.graph;
         let schedule = self.plan.schedule(g, until, keep);
-        let mut buffers: Vec<Option<Buffer>> = (0..g.len()).map(|_| None).collect();
+        let mut buffers = Held::new(g, input);
         let mut free: Vec<Buffer> = std::mem::take(&mut *self.spare.lock().unwrap_or_else(|e| e.into_inner()));
-        let mut input_copy = take_buffer(&mut free, input.len());
-        input_copy.copy_from_slice(input);
-        buffers[g.input().index()] = Some(input_copy);
         let mut macs = vec![0u64; g.len()];
         let mut stats = Vec::with_capacity(schedule.steps.len());
         let mut kept = HashMap::new();
@@ -188,7 +184,7 @@ impl<'g> Executor<'g> {
             let out_index = step.output();
             let out_len = numel(&g.node(out_index).shape) as usize;
             // The buffer the step takes over as its output, when the schedule lets it work in place.
-            let mut reused = scheduled.reuses.and_then(|i| buffers[i.index()].take());
+            let mut reused = scheduled.reuses.and_then(|i| buffers.take(i));
             let first = g.node(step.nodes[0]);
             let performed = match &self.work[scheduled.step] {
                 Work::ResizeAdd => {
@@ -197,23 +193,23 @@ impl<'g> Executor<'g> {
                         Some(buf) => buf,
                         None => {
                             let mut buf = take_buffer(&mut free, out_len);
-                            buf.copy_from_slice(buffers[other.index()].as_deref().unwrap_or_default());
+                            buf.copy_from_slice(buffers.get(other));
                             buf
                         }
                     };
                     let source = step.reads[0];
-                    let x = buffers[source.index()].as_deref().unwrap_or_default();
+                    let x = buffers.get(source);
                     resize::forward(x, &g.node(source).shape, &first.shape, &mut out, true);
-                    buffers[out_index.index()] = Some(out);
+                    buffers.put(out_index, out);
                     0
                 }
                 Work::Conv(chain) => {
                     let mut out = take_buffer(&mut free, out_len);
-                    let x = buffers[first.inputs[0].index()].as_deref().unwrap_or_default();
+                    let x = buffers.get(first.inputs[0]);
                     let params: Vec<&[f32]> = chain.params.iter().map(Vec::as_slice).collect();
                     let shape = &g.node(first.inputs[0]).shape;
                     let performed = chain.conv.forward(x, shape, &first.shape, &params, chain.act, &mut out);
-                    buffers[out_index.index()] = Some(out);
+                    buffers.put(out_index, out);
                     performed
                 }
                 Work::InvertedResidual { expand, depthwise, project } => {
@@ -221,7 +217,7 @@ impl<'g> Executor<'g> {
                         unreachable!("work is bound from the step's kind")
                     };
                     let shape = |i: usize| &g.node(step.nodes[i]).shape;
-                    let x = buffers[first.inputs[0].index()].as_deref().unwrap_or_default();
+                    let x = buffers.get(first.inputs[0]);
                     let expand_dims = expand.as_ref().map(|e| e.conv.dims(&g.node(first.inputs[0]).shape, shape(0)));
                     let dw_input = if depthwise_at > 0 { shape(0) } else { &g.node(first.inputs[0]).shape };
                     let dw_dims = depthwise.conv.dims(dw_input, shape(depthwise_at));
@@ -243,7 +239,7 @@ impl<'g> Executor<'g> {
                         }
                         _ => unreachable!("a fused block has an expand or a projection"),
                     };
-                    buffers[out_index.index()] = Some(out);
+                    buffers.put(out_index, out);
                     macs[step.nodes[depthwise_at].index()] = dw_macs;
                     if let Some(at) = project_at {
                         macs[step.nodes[at].index()] = project_macs;
@@ -259,8 +255,7 @@ impl<'g> Executor<'g> {
                     let param_refs: Vec<&[f32]> = params.iter().map(Vec::as_slice).collect();
                     let in_place = reused.is_some();
                     let mut out = reused.take().unwrap_or_else(|| take_buffer(&mut free, out_len));
-                    let inputs: Vec<&[f32]> =
-                        first.inputs.iter().map(|i| buffers[i.index()].as_deref().unwrap_or_default()).collect();
+                    let inputs: Vec<&[f32]> = first.inputs.iter().map(|&i| buffers.get(i)).collect();
                     let args = ForwardArgs {
                         inputs: &inputs,
                         input_shapes: &shapes,
@@ -272,27 +267,74 @@ impl<'g> Executor<'g> {
                     } else {
                         first.op.forward(&args, &mut out)
                     };
-                    buffers[out_index.index()] = Some(out);
+                    buffers.put(out_index, out);
                     performed
                 }
             };
             macs[step.nodes[0].index()] = performed;
             // Every buffer the run holds now: the step's inputs are still there, its output has been placed.
-            let live: u64 = buffers.iter().flatten().map(|b| 4 * b.len() as u64).sum();
+            let live = buffers.live_bytes();
             if live > peak.0 {
                 peak = (live, out_index);
             }
-            for i in &scheduled.frees {
-                free.extend(buffers[i.index()].take());
+            for &i in &scheduled.frees {
+                free.extend(buffers.release(i));
             }
             if keep.contains(&out_index) {
-                kept.insert(out_index, buffers[out_index.index()].as_deref().map(<[f32]>::to_vec).unwrap_or_default());
+                kept.insert(out_index, buffers.get(out_index).to_vec());
             }
             stats.push(StepStat { nodes: step.nodes.clone(), time: start.elapsed(), macs: performed });
         }
-        free.extend(buffers.into_iter().flatten());
+        free.extend(buffers.held.into_iter().flatten());
         *self.spare.lock().unwrap_or_else(|e| e.into_inner()) = free;
         Ok(RunOutput { kept, macs, steps: stats, peak_activation_bytes: peak.0, peak_at: peak.1 })
+    }
+}
+
+/// The node outputs a run holds: buffers of the executor, and the caller's input, read where it is.
+struct Held<'a> {
+    input: &'a [f32],
+    input_node: NodeIndex,
+    /// Whether the input is still read by a later step (it counts as live until then).
+    input_live: bool,
+    held: Vec<Option<Buffer>>,
+}
+
+impl<'a> Held<'a> {
+    fn new(graph: &Graph, input: &'a [f32]) -> Self {
+        Held { input, input_node: graph.input(), input_live: true, held: (0..graph.len()).map(|_| None).collect() }
+    }
+
+    /// The output of node `i` (empty if it is not held).
+    fn get(&self, i: NodeIndex) -> &[f32] {
+        if i == self.input_node {
+            return self.input;
+        }
+        self.held[i.index()].as_deref().unwrap_or_default()
+    }
+
+    /// The buffer of node `i`, taken over by a step that works in place (never the caller's input).
+    fn take(&mut self, i: NodeIndex) -> Option<Buffer> {
+        self.held[i.index()].take()
+    }
+
+    /// Holds `buffer` as the output of node `i`.
+    fn put(&mut self, i: NodeIndex, buffer: Buffer) {
+        self.held[i.index()] = Some(buffer);
+    }
+
+    /// Releases the output of node `i`, returning its buffer (none for the input).
+    fn release(&mut self, i: NodeIndex) -> Option<Buffer> {
+        if i == self.input_node {
+            self.input_live = false;
+        }
+        self.held[i.index()].take()
+    }
+
+    /// Bytes of every output held, the input included while it is live.
+    fn live_bytes(&self) -> u64 {
+        let input = if self.input_live { 4 * self.input.len() as u64 } else { 0 };
+        input + self.held.iter().flatten().map(|b| 4 * b.len() as u64).sum::<u64>()
     }
 }
 

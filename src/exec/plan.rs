@@ -146,9 +146,10 @@ impl Plan {
             .map(|(position, &s)| {
                 let step = &self.steps[s];
                 let dies_here = |i: NodeIndex| last_read[i.index()] == Some(position) && !keep.contains(&i);
-                let reuses = step
-                    .reusable_input(graph)
-                    .filter(|&i| dies_here(i) && step.reads.iter().filter(|&&r| r == i).count() == 1);
+                // The input stays the caller's: no step takes it over.
+                let reuses = step.reusable_input(graph).filter(|&i| {
+                    i != graph.input() && dies_here(i) && step.reads.iter().filter(|&&r| r == i).count() == 1
+                });
                 let mut frees: Vec<NodeIndex> = Vec::new();
                 for &i in &step.reads {
                     if dies_here(i) && Some(i) != reuses && !frees.contains(&i) {
