@@ -119,28 +119,38 @@ impl<'g> Executor<'g> {
 
     /// Allocates and writes the buffers a run to the logits (the network's output when it has none)
     /// takes, following its schedule without computing anything, and leaves them as spares: the first
-    /// run then neither allocates nor faults in fresh pages, like every later one. Such a run holds the
-    /// same buffers, so the peak is unchanged. The pages are written by every thread of the pool, in parallel.
+    /// run then neither allocates nor faults in fresh pages, like every later one. A run picks from the spares
+    /// it starts with, which a first pass (allocating as it goes) does not reproduce, so passes repeat from
+    /// the spares until one allocates nothing (two or three). The pages are then written by every thread of
+    /// the pool, in parallel.
     fn fault_in_buffers(&self) {
         let g = self.graph;
         let last = g.tap_node("logits").unwrap_or(g.output());
-        let mut buffers: Vec<Option<Buffer>> = (0..g.len()).map(|_| None).collect();
+        let schedule = self.plan.schedule(g, last, &[]);
         let mut free = Vec::new();
-        // Allocated zeroed, so no page is touched until the parallel pass below writes them.
-        let take = |free: &mut Vec<Buffer>, len: usize| {
-            take_free(free, len).unwrap_or_else(|| Buffer { data: vec![0.0; len], len })
-        };
-        // A run reads its input where the caller holds it.
-        for scheduled in &self.plan.schedule(g, last, &[]).steps {
-            let out_index = self.plan.steps[scheduled.step].output();
-            let out_len = numel(&g.node(out_index).shape) as usize;
-            let reused = scheduled.reuses.and_then(|i| buffers[i.index()].take());
-            buffers[out_index.index()] = Some(reused.unwrap_or_else(|| take(&mut free, out_len)));
-            for i in &scheduled.frees {
-                free.extend(buffers[i.index()].take());
+        loop {
+            let mut buffers: Vec<Option<Buffer>> = (0..g.len()).map(|_| None).collect();
+            let mut allocated = false;
+            // A run reads its input where the caller holds it.
+            for scheduled in &schedule.steps {
+                let out_index = self.plan.steps[scheduled.step].output();
+                let out_len = numel(&g.node(out_index).shape) as usize;
+                let reused = scheduled.reuses.and_then(|i| buffers[i.index()].take());
+                let out = reused.or_else(|| take_free(&mut free, out_len)).unwrap_or_else(|| {
+                    allocated = true;
+                    // Allocated zeroed, so no page is touched until the parallel pass below writes them.
+                    Buffer { data: vec![0.0; out_len], len: out_len }
+                });
+                buffers[out_index.index()] = Some(out);
+                for i in &scheduled.frees {
+                    free.extend(buffers[i.index()].take());
+                }
+            }
+            free.extend(buffers.into_iter().flatten());
+            if !allocated {
+                break;
             }
         }
-        free.extend(buffers.into_iter().flatten());
         self.pool.install(|| {
             free.par_iter_mut().for_each(|b| b.data.par_chunks_mut(PAGE_WRITE_CHUNK).for_each(|c| c.fill(0.0)))
         });

@@ -82,11 +82,12 @@ impl Split {
     }
 }
 
-/// Grows this thread's scratch buffers to what the kernels usually take (a band of the fused expand +
-/// depthwise kernel with its padded plane, a packed chunk of a GEMM), writing them so that their pages are
-/// faulted in: call it on every worker thread before a first run (a kernel that needs more still grows them).
+/// Grows this thread's scratch buffers to what the kernels usually take (a band of a fused block with its
+/// padded plane, depthwise rows and a nested GEMM's needs, a packed chunk of a GEMM), writing them so that
+/// their pages are faulted in: call it on every worker thread before a first run (a kernel that needs more
+/// still grows them). Smaller reserves left 100-400 page faults to TopFormer's first run.
 pub fn reserve_scratch() {
-    with_scratch(fused::BAND_FLOATS + fused::BAND_FLOATS / 4, |_| ());
+    with_scratch(3 * fused::BAND_FLOATS, |_| ());
     direct::reserve_packed();
 }
 
