@@ -286,61 +286,17 @@ fn expand_rows(p: &Pair, c0: usize, rows: std::ops::Range<usize>, expanded: &mut
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::test_util::{assert_close, random, with_pools};
+    use crate::kernels::test_util::{assert_close, depthwise_dims, pointwise_dims, random, with_pools};
     use crate::kernels::Activation;
 
     /// The expand `cin → hidden` at `h × w` and the depthwise `k × k`, stride `s`, padding `k / 2` after it.
     fn pair(cin: usize, hidden: usize, h: usize, w: usize, k: usize, s: usize) -> (Conv2dDims, Conv2dDims) {
-        let expand = Conv2dDims {
-            in_channels: cin,
-            in_h: h,
-            in_w: w,
-            out_channels: hidden,
-            kernel_h: 1,
-            kernel_w: 1,
-            stride_h: 1,
-            stride_w: 1,
-            pad_h: 0,
-            pad_w: 0,
-            groups: 1,
-            out_h: h,
-            out_w: w,
-        };
-        let p = k / 2;
-        let depthwise = Conv2dDims {
-            in_channels: hidden,
-            out_channels: hidden,
-            kernel_h: k,
-            kernel_w: k,
-            stride_h: s,
-            stride_w: s,
-            pad_h: p,
-            pad_w: p,
-            groups: hidden,
-            out_h: (h + 2 * p - k) / s + 1,
-            out_w: (w + 2 * p - k) / s + 1,
-            ..expand
-        };
-        (expand, depthwise)
+        (pointwise_dims(cin, h, w, hidden), depthwise_dims(hidden, h, w, k, s))
     }
 
     /// A 1×1 projection to `cout` channels after the depthwise conv `d`.
     fn projection(d: &Conv2dDims, cout: usize) -> Conv2dDims {
-        Conv2dDims {
-            in_channels: d.out_channels,
-            in_h: d.out_h,
-            in_w: d.out_w,
-            out_channels: cout,
-            kernel_h: 1,
-            kernel_w: 1,
-            stride_h: 1,
-            stride_w: 1,
-            pad_h: 0,
-            pad_w: 0,
-            groups: 1,
-            out_h: d.out_h,
-            out_w: d.out_w,
-        }
+        pointwise_dims(d.out_channels, d.out_h, d.out_w, cout)
     }
 
     /// Runs the fused pair against two `conv2d` calls for every activation on either side, in every

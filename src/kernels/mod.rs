@@ -279,6 +279,45 @@ mod test_util {
             .collect()
     }
 
+    /// A 1×1 stride-1 conv `cin → cout` on an `h × w` map.
+    pub fn pointwise_dims(cin: usize, h: usize, w: usize, cout: usize) -> super::Conv2dDims {
+        super::Conv2dDims {
+            in_channels: cin,
+            in_h: h,
+            in_w: w,
+            out_channels: cout,
+            kernel_h: 1,
+            kernel_w: 1,
+            stride_h: 1,
+            stride_w: 1,
+            pad_h: 0,
+            pad_w: 0,
+            groups: 1,
+            out_h: h,
+            out_w: w,
+        }
+    }
+
+    /// A depthwise `k × k` conv of stride `s` and padding `k / 2` on `c` channels of `h × w`.
+    pub fn depthwise_dims(c: usize, h: usize, w: usize, k: usize, s: usize) -> super::Conv2dDims {
+        let p = k / 2;
+        super::Conv2dDims {
+            in_channels: c,
+            in_h: h,
+            in_w: w,
+            out_channels: c,
+            kernel_h: k,
+            kernel_w: k,
+            stride_h: s,
+            stride_w: s,
+            pad_h: p,
+            pad_w: p,
+            groups: c,
+            out_h: (h + 2 * p - k) / s + 1,
+            out_w: (w + 2 * p - k) / s + 1,
+        }
+    }
+
     /// Asserts `got ≈ want` elementwise within 1e-4 relative to magnitude (absolute below 1).
     pub fn assert_close(got: &[f32], want: &[f32], what: &str) {
         assert_eq!(got.len(), want.len(), "{what}: length");

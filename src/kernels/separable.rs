@@ -190,41 +190,12 @@ pub(super) fn project_band(hidden: &[f32], project: Projection, oy0: usize, mut 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::test_util::{assert_close, random, with_pools};
+    use crate::kernels::test_util::{assert_close, depthwise_dims, pointwise_dims, random, with_pools};
 
     /// A depthwise `k × k` conv of stride `s` and padding `k / 2` on `[c, h, w]`, then a 1×1 `c → cout`.
     fn pair(c: usize, cout: usize, h: usize, w: usize, k: usize, s: usize) -> (Conv2dDims, Conv2dDims) {
-        let p = k / 2;
-        let (out_h, out_w) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
-        let depthwise = Conv2dDims {
-            in_channels: c,
-            in_h: h,
-            in_w: w,
-            out_channels: c,
-            kernel_h: k,
-            kernel_w: k,
-            stride_h: s,
-            stride_w: s,
-            pad_h: p,
-            pad_w: p,
-            groups: c,
-            out_h,
-            out_w,
-        };
-        let project = Conv2dDims {
-            in_h: out_h,
-            in_w: out_w,
-            out_channels: cout,
-            kernel_h: 1,
-            kernel_w: 1,
-            stride_h: 1,
-            stride_w: 1,
-            pad_h: 0,
-            pad_w: 0,
-            groups: 1,
-            ..depthwise
-        };
-        (depthwise, project)
+        let depthwise = depthwise_dims(c, h, w, k, s);
+        (depthwise, pointwise_dims(c, depthwise.out_h, depthwise.out_w, cout))
     }
 
     /// Runs the fused pair against two `conv2d` calls and an add, with and without the residual, for every
