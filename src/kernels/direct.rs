@@ -186,7 +186,7 @@ fn row_blocks<V: Vector, const MR: usize>(ops: &mut Operands, panel: Panel, j: u
 fn each_row_block<const MR: usize>(m: usize, mut block: impl FnMut(usize, usize)) {
     let mut i = 0;
     for rows in [MR, 4, 2, 1] {
-        while (rows == MR || rows < MR) && i + rows <= m {
+        while rows <= MR && i + rows <= m {
             block(i, rows);
             i += rows;
         }
