@@ -357,6 +357,27 @@ mod tests {
     }
 
     #[test]
+    fn inverted_residual_blocks_fuse_as_far_as_the_kernels_allow() {
+        let graph = compile(&load_embedded("tiny").unwrap().spec, 512, 512).unwrap();
+        let plan = Plan::new(&graph);
+        let kind = |first: &str| {
+            let step = plan.steps.iter().find(|s| graph.node(s.nodes[0]).name == first).expect(first);
+            (step.kind, step.nodes.iter().map(|&n| graph.node(n).name.clone()).collect::<Vec<_>>())
+        };
+        // The first block (expand ratio 1): depthwise, projection and residual add in one step.
+        let (first, nodes) = kind("backbone.tpm.layer1.conv.0.c");
+        assert_eq!(first, StepKind::InvertedResidual { depthwise_at: 0, project_at: Some(3), residual: true });
+        assert_eq!(nodes.last().unwrap(), "backbone.tpm.layer1.residual");
+        // At 256² and 128²: the whole block, with its residual where it has one.
+        let whole = |residual| StepKind::InvertedResidual { depthwise_at: 3, project_at: Some(6), residual };
+        assert_eq!(kind("backbone.tpm.layer2.conv.0.c").0, whole(false));
+        assert_eq!(kind("backbone.tpm.layer3.conv.0.c").0, whole(true));
+        // At 16², a split of the rows would recompute too much: expand and depthwise only.
+        let small = StepKind::InvertedResidual { depthwise_at: 3, project_at: None, residual: false };
+        assert_eq!(kind("backbone.tpm.layer9.conv.0.c").0, small);
+    }
+
+    #[test]
     fn keeping_an_output_keeps_its_buffer_alive() {
         let graph = compile(&load_embedded("tiny").unwrap().spec, 64, 64).unwrap();
         let plan = Plan::new(&graph);
