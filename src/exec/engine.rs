@@ -227,9 +227,9 @@ impl<'g> Executor<'g> {
                         unreachable!("work is bound from the step's kind")
                     };
                     let shape = |i: usize| &g.node(step.nodes[i]).shape;
-                    let x = buffers.get(first.inputs[0]);
-                    let expand_dims = expand.as_ref().map(|e| e.conv.dims(&g.node(first.inputs[0]).shape, shape(0)));
-                    let dw_input = if depthwise_at > 0 { shape(0) } else { &g.node(first.inputs[0]).shape };
+                    let (x, input_shape) = (buffers.get(first.inputs[0]), &g.node(first.inputs[0]).shape);
+                    let expand_dims = expand.as_ref().map(|e| e.conv.dims(input_shape, shape(0)));
+                    let dw_input = if expand.is_some() { shape(0) } else { input_shape };
                     let dw_dims = depthwise.conv.dims(dw_input, shape(depthwise_at));
                     let project_dims =
                         project.as_ref().zip(project_at).map(|(p, at)| p.conv.dims(shape(depthwise_at), shape(at)));
@@ -239,22 +239,25 @@ impl<'g> Executor<'g> {
                         .map(|(p, dims)| kernels::Projection { layer: p.layer(dims), residual: residual.then_some(x) });
                     let mut out = take_buffer(&mut free, out_len);
                     let dw_layer = depthwise.layer(&dw_dims);
-                    let [expand_macs, dw_macs, project_macs] = match (expand, &expand_dims, projection) {
-                        (Some(e), Some(dims), _) => {
-                            kernels::expand_depthwise(x, e.layer(dims), dw_layer, projection, &mut out)
-                        }
-                        (_, _, Some(projection)) => {
-                            let (dw_macs, project_macs) = kernels::depthwise_project(x, dw_layer, projection, &mut out);
-                            [0, dw_macs, project_macs]
-                        }
-                        _ => unreachable!("a fused block has an expand or a projection"),
-                    };
+                    let [expand_macs, dw_macs, project_macs] =
+                        match (expand.as_ref().zip(expand_dims.as_ref()), projection) {
+                            (Some((e, dims)), _) => {
+                                kernels::expand_depthwise(x, e.layer(dims), dw_layer, projection, &mut out)
+                            }
+                            (None, Some(projection)) => {
+                                let (dw_macs, project_macs) =
+                                    kernels::depthwise_project(x, dw_layer, projection, &mut out);
+                                [0, dw_macs, project_macs]
+                            }
+                            (None, None) => unreachable!("a fused block has an expand or a projection"),
+                        };
                     buffers.put(out_index, out);
+                    // The step's first node (the expand, else the depthwise conv) gets what this arm returns.
                     macs[step.nodes[depthwise_at].index()] = dw_macs;
                     if let Some(at) = project_at {
                         macs[step.nodes[at].index()] = project_macs;
                     }
-                    if depthwise_at > 0 {
+                    if expand.is_some() {
                         expand_macs
                     } else {
                         dw_macs
