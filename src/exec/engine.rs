@@ -118,7 +118,16 @@ impl<'g> Executor<'g> {
         let first_output = std::sync::Mutex::new(first_output);
         let exec = Executor { graph, plan, work, pool, spare: Default::default(), first_output };
         exec.fault_in_buffers();
-        exec.pool.broadcast(|_| kernels::reserve_scratch());
+        // The GEMMs that pack their `B` are 1×1 convs (alone or in fused blocks): their depth is the input channels.
+        let gemm_depth = graph
+            .nodes()
+            .filter_map(|(_, n)| match &n.op {
+                Op::Conv2d(c) if c.kernel == 1 && c.groups == 1 => Some(c.in_channels),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        exec.pool.broadcast(|_| kernels::reserve_scratch(gemm_depth));
         Ok(exec)
     }
 

@@ -83,11 +83,10 @@ const PACK_COLS: usize = 256;
 /// more than it saves (M = 16 and 24 lost 10–40 % with packing, M = 128 and 150 gained 10–25 %).
 const PACK_MIN_ROW_BLOCKS: usize = 4;
 
-/// Reserves this thread's buffer for packed chunks of `B` with up to 1024 rows (TopFormer's widest
-/// projections read 960 channels), writing it so that its pages are faulted in now rather than in a first
-/// product.
-pub(super) fn reserve_packed() {
-    drop(ScratchGuard::take_from(&PACKED, 1024 * PACK_COLS));
+/// Reserves this thread's buffer for packed chunks of `B` with up to `rows` rows (the widest 1×1 conv's input
+/// channels), writing it so that its pages are faulted in now rather than in a first product.
+pub(super) fn reserve_packed(rows: usize) {
+    drop(ScratchGuard::take_from(&PACKED, rows * PACK_COLS));
 }
 
 thread_local! {

@@ -82,13 +82,13 @@ impl Split {
     }
 }
 
-/// Grows this thread's scratch buffers to what the kernels usually take (a band of a fused block with its
-/// padded plane, depthwise rows and a nested GEMM's needs, a packed chunk of a GEMM), writing them so that
-/// their pages are faulted in: call it on every worker thread before a first run (a kernel that needs more
-/// still grows them). Smaller reserves left 100-400 page faults to TopFormer's first run.
-pub fn reserve_scratch() {
-    with_scratch(3 * fused::BAND_FLOATS, |_| ());
-    direct::reserve_packed();
+/// Grows this thread's scratch buffers to what the kernels usually take (a band of the fused expand +
+/// depthwise kernel with its padded plane, the packed chunks of GEMMs with up to `gemm_depth` rows of `B`, the
+/// widest 1×1 conv's input channels), writing them so that their pages are faulted in: call it on every worker
+/// thread before a first run (a kernel that needs more still grows them).
+pub fn reserve_scratch(gemm_depth: usize) {
+    with_scratch(fused::BAND_FLOATS + fused::BAND_FLOATS / 4, |_| ());
+    direct::reserve_packed(gemm_depth);
 }
 
 /// A per-thread buffer of the kernels.
