@@ -81,12 +81,7 @@ pub fn conv2d(
             let kernel: DepthwiseFn = match (d.kernel_h, d.stride_h) {
                 (1, 1) => depthwise::<1, 1>,
                 (1, 2) => depthwise::<1, 2>,
-                (3, 1) => depthwise::<3, 1>,
-                (3, 2) => depthwise::<3, 2>,
-                (5, 1) => depthwise::<5, 1>,
-                (5, 2) => depthwise::<5, 2>,
-                (7, 1) => depthwise::<7, 1>,
-                _ => depthwise::<7, 2>,
+                _ => per_kernel_and_stride!(depthwise, d),
             };
             kernel(input, weight, bias, d, act, out)
         }
@@ -126,11 +121,7 @@ enum Strategy {
 impl Strategy {
     fn of(d: &Conv2dDims) -> Strategy {
         let unit = |k: usize, s: usize, p: usize| k == 1 && s == 1 && p == 0;
-        let depthwise = d.groups == d.in_channels
-            && d.groups == d.out_channels
-            && d.kernel_h == d.kernel_w
-            && d.stride_h == d.stride_w
-            && matches!((d.kernel_h, d.stride_h), (1 | 3 | 5 | 7, 1 | 2));
+        let depthwise = is_square_depthwise(d, &[1, 3, 5, 7]);
         if d.groups == 1 && unit(d.kernel_h, d.stride_h, d.pad_h) && unit(d.kernel_w, d.stride_w, d.pad_w) {
             Strategy::Pointwise
         } else if depthwise && (d.kernel_h, d.stride_h, d.pad_h, d.pad_w) == (1, 1, 0, 0) {
@@ -141,6 +132,19 @@ impl Strategy {
             Strategy::Im2col
         }
     }
+}
+
+/// Kernel sizes the fused kernels instantiate (with strides 1 and 2).
+pub(super) const FUSED_KERNELS: [usize; 3] = [3, 5, 7];
+
+/// Whether `d` is a depthwise conv with a square kernel of one of `sizes` and equal strides of 1 or 2.
+pub(super) fn is_square_depthwise(d: &Conv2dDims, sizes: &[usize]) -> bool {
+    d.groups == d.in_channels
+        && d.groups == d.out_channels
+        && d.kernel_h == d.kernel_w
+        && d.stride_h == d.stride_w
+        && sizes.contains(&d.kernel_h)
+        && matches!(d.stride_h, 1 | 2)
 }
 
 /// Fewest channels per parallel piece of a per-channel scale of `plane` values.

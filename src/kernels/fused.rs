@@ -17,7 +17,7 @@
 use ndarray::{ArrayView2, ArrayViewMut2, ArrayViewMut3, Axis, ShapeBuilder};
 use rayon::prelude::*;
 
-use super::conv::{conv2d, dw_channel, Conv2dDims, DwIn, DwOut, DwPlan};
+use super::conv::{conv2d, dw_channel, is_square_depthwise, Conv2dDims, DwIn, DwOut, DwPlan, FUSED_KERNELS};
 use super::matmul::{gemm, view2};
 use super::separable::{depthwise_project, is_pointwise, project_band, ConvLayer, Projection};
 use super::{vector_isa, with_scratch, Isa, Split};
@@ -34,18 +34,10 @@ pub(super) const BAND_FLOATS: usize = 192 * 1024;
 /// input row (so every expanded row is read, hence computed; see [`expand_depthwise`]'s MAC count).
 pub fn supports_expand_depthwise(expand: &Conv2dDims, depthwise: &Conv2dDims) -> bool {
     let (e, d) = (expand, depthwise);
-    let pointwise = e.groups == 1
-        && (e.kernel_h, e.kernel_w, e.stride_h, e.stride_w, e.pad_h, e.pad_w) == (1, 1, 1, 1, 0, 0)
-        && (e.out_h, e.out_w) == (e.in_h, e.in_w);
     let chained = (d.in_channels, d.in_h, d.in_w) == (e.out_channels, e.out_h, e.out_w);
-    let depthwise = d.groups == d.in_channels
-        && d.out_channels == d.in_channels
-        && d.kernel_h == d.kernel_w
-        && d.stride_h == d.stride_w
-        && matches!((d.kernel_h, d.stride_h), (3 | 5 | 7, 1 | 2));
     let reads_every_row =
         d.out_h > 0 && d.pad_h < d.kernel_h && (d.out_h - 1) * d.stride_h + d.kernel_h >= d.in_h + d.pad_h;
-    pointwise && chained && depthwise && reads_every_row
+    is_pointwise(e) && chained && is_square_depthwise(d, &FUSED_KERNELS) && reads_every_row
 }
 
 /// Whether [`expand_depthwise`] also fuses the projection `project` after the pair `(expand, depthwise)`:
@@ -101,14 +93,7 @@ pub fn expand_depthwise(
     let pair = Pair { input, expand, depthwise, project };
     let fuses = supports_expand_depthwise(e, d)
         && project.is_none_or(|p| supports_expand_depthwise_project(e, d, p.layer.dims));
-    let fused = fuses.then_some(match (d.kernel_h, d.stride_h) {
-        (3, 1) => fused::<3, 1>,
-        (3, 2) => fused::<3, 2>,
-        (5, 1) => fused::<5, 1>,
-        (5, 2) => fused::<5, 2>,
-        (7, 1) => fused::<7, 1>,
-        _ => fused::<7, 2>,
-    });
+    let fused = fuses.then_some(per_kernel_and_stride!(fused, d));
     if let Some(kernel) = fused {
         return kernel(&pair, out);
     }

@@ -12,6 +12,21 @@
 //! (alone or fused after an expand) also for AVX-512F with 16-lane tiles; [`vector_isa`] picks the
 //! widest the CPU has at run time.
 
+/// `$kernel::<K, S>` for the square kernel size `K` (3, 5 or 7) and stride `S` (1 or 2) of the conv `$dims`,
+/// which the caller has checked (`conv::is_square_depthwise` with `conv::FUSED_KERNELS`).
+macro_rules! per_kernel_and_stride {
+    ($kernel:ident, $dims:expr) => {
+        match ($dims.kernel_h, $dims.stride_h) {
+            (3, 1) => $kernel::<3, 1>,
+            (3, 2) => $kernel::<3, 2>,
+            (5, 1) => $kernel::<5, 1>,
+            (5, 2) => $kernel::<5, 2>,
+            (7, 1) => $kernel::<7, 1>,
+            _ => $kernel::<7, 2>,
+        }
+    };
+}
+
 mod activation;
 mod conv;
 mod direct;

@@ -11,7 +11,7 @@
 use ndarray::{ArrayViewMut3, Axis};
 use rayon::prelude::*;
 
-use super::conv::{conv2d, dw_channel, Conv2dDims, DwIn, DwOut, DwPlan};
+use super::conv::{conv2d, dw_channel, is_square_depthwise, Conv2dDims, DwIn, DwOut, DwPlan, FUSED_KERNELS};
 use super::fused::BAND_FLOATS;
 use super::matmul::{gemm, view2};
 use super::{bias_act, vector_isa, with_scratch, Activation, Isa, Split};
@@ -52,13 +52,8 @@ pub(super) fn is_pointwise(p: &Conv2dDims) -> bool {
 /// its output.
 pub fn supports_depthwise_project(depthwise: &Conv2dDims, project: &Conv2dDims) -> bool {
     let (d, p) = (depthwise, project);
-    let depthwise = d.groups == d.in_channels
-        && d.out_channels == d.in_channels
-        && d.kernel_h == d.kernel_w
-        && d.stride_h == d.stride_w
-        && matches!((d.kernel_h, d.stride_h), (3 | 5 | 7, 1 | 2));
     let chained = (p.in_channels, p.in_h, p.in_w) == (d.out_channels, d.out_h, d.out_w);
-    depthwise && is_pointwise(p) && chained
+    is_square_depthwise(d, &FUSED_KERNELS) && is_pointwise(p) && chained
 }
 
 /// `out = act_p(project(act_d(depthwise(input)))) (+ residual)`, in bands of output rows so that the
@@ -76,14 +71,7 @@ pub fn depthwise_project(input: &[f32], depthwise: ConvLayer, project: Projectio
     debug_assert_eq!(project.layer.weight.len(), p.out_channels * p.in_channels);
     debug_assert_eq!(out.len(), p.out_channels * p.out_h * p.out_w);
     debug_assert!(residual.is_none_or(|r| r.len() == out.len()));
-    let fused = supports_depthwise_project(d, p).then_some(match (d.kernel_h, d.stride_h) {
-        (3, 1) => fused::<3, 1>,
-        (3, 2) => fused::<3, 2>,
-        (5, 1) => fused::<5, 1>,
-        (5, 2) => fused::<5, 2>,
-        (7, 1) => fused::<7, 1>,
-        _ => fused::<7, 2>,
-    });
+    let fused = supports_depthwise_project(d, p).then_some(per_kernel_and_stride!(fused, d));
     match fused {
         Some(kernel) => kernel(input, depthwise, project, out),
         None => {
