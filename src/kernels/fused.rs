@@ -17,7 +17,7 @@
 use ndarray::{ArrayView2, ArrayViewMut2, ArrayViewMut3, Axis, ShapeBuilder};
 use rayon::prelude::*;
 
-use super::conv::{conv2d, dw_channel, is_square_depthwise, Conv2dDims, DwIn, DwOut, DwPlan, FUSED_KERNELS};
+use super::conv::{dw_channel, is_square_depthwise, Conv2dDims, DwIn, DwOut, DwPlan, FUSED_KERNELS};
 use super::matmul::{gemm, view2};
 use super::separable::{depthwise_project, is_pointwise, project_band, ConvLayer, Projection};
 use super::{vector_isa, with_scratch, Isa, Split};
@@ -98,9 +98,9 @@ pub fn expand_depthwise(
         return kernel(&pair, out);
     }
     let mut hidden = vec![0.0; e.out_channels * e.out_h * e.out_w];
-    let expand_macs = conv2d(input, expand.weight, Some(expand.bias), e, expand.act, &mut hidden);
+    let expand_macs = expand.conv(input, &mut hidden);
     let Some(project) = project else {
-        let dw_macs = conv2d(&hidden, depthwise.weight, Some(depthwise.bias), d, depthwise.act, out);
+        let dw_macs = depthwise.conv(&hidden, out);
         return [expand_macs, dw_macs, 0];
     };
     let (dw_macs, project_macs) = depthwise_project(&hidden, depthwise, project, out);
@@ -271,7 +271,7 @@ fn expand_rows(p: &Pair, c0: usize, rows: std::ops::Range<usize>, expanded: &mut
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::test_util::{assert_close, depthwise_dims, pointwise_dims, random, with_pools};
+    use crate::kernels::test_util::{assert_close, depthwise_dims, pointwise_dims, random, unfused, with_pools};
     use crate::kernels::Activation;
 
     /// The expand `cin → hidden` at `h × w` and the depthwise `k × k`, stride `s`, padding `k / 2` after it.
@@ -309,28 +309,16 @@ mod tests {
         with_pools(|setup| {
             for (i, &eact) in acts.iter().enumerate() {
                 for dact in [acts[i], acts[(i + 1) % acts.len()]] {
-                    let mut hidden = vec![f32::NAN; e.out_channels * e.out_h * e.out_w];
-                    let mut depthwise_out = vec![f32::NAN; d.out_channels * d.out_h * d.out_w];
-                    conv2d(&x, &ew, Some(&eb), &e, eact, &mut hidden);
-                    conv2d(&hidden, &dw, Some(&db), &d, dact, &mut depthwise_out);
-                    let want = match &p {
-                        None => depthwise_out,
-                        Some(p) => {
-                            let mut want = vec![f32::NAN; cout * d.out_h * d.out_w];
-                            conv2d(&depthwise_out, &pw, Some(&pb), p, eact, &mut want);
-                            if let Some(r) = residual {
-                                want.iter_mut().zip(r).for_each(|(y, r)| *y += r);
-                            }
-                            want
-                        }
-                    };
-                    let mut got = vec![f32::NAN; want.len()];
                     let expand = ConvLayer { dims: &e, weight: &ew, bias: &eb, act: eact };
                     let depthwise = ConvLayer { dims: &d, weight: &dw, bias: &db, act: dact };
                     let projection = p.as_ref().map(|p| Projection {
                         layer: ConvLayer { dims: p, weight: &pw, bias: &pb, act: eact },
                         residual,
                     });
+                    let layers: Vec<ConvLayer> =
+                        [expand, depthwise].into_iter().chain(projection.map(|p| p.layer)).collect();
+                    let (want, _) = unfused(&x, &layers, projection.and_then(|p| p.residual));
+                    let mut got = vec![f32::NAN; want.len()];
                     let macs = expand_depthwise(&x, expand, depthwise, projection, &mut got);
                     let what = format!("{e:?} {d:?} {p:?} acts {eact:?} {dact:?} {setup}");
                     assert_close(&got, &want, &what);
@@ -406,17 +394,12 @@ mod tests {
         assert!(!supports_expand_depthwise(&e, &d));
         let x = random(3 * 8 * 9, 1, 1.0);
         let (ew, eb, dw, db) = (random(18, 2, 1.0), random(6, 3, 1.0), random(54, 4, 1.0), random(6, 5, 1.0));
-        let mut hidden = vec![0.0; 6 * 8 * 9];
-        let mut want = vec![0.0; 6 * 3 * 4];
-        let want_macs = (
-            conv2d(&x, &ew, Some(&eb), &e, Some(Activation::Relu6), &mut hidden),
-            conv2d(&hidden, &dw, Some(&db), &d, None, &mut want),
-        );
-        let mut got = vec![f32::NAN; want.len()];
         let expand = ConvLayer { dims: &e, weight: &ew, bias: &eb, act: Some(Activation::Relu6) };
         let depthwise = ConvLayer { dims: &d, weight: &dw, bias: &db, act: None };
+        let (want, want_macs) = unfused(&x, &[expand, depthwise], None);
+        let mut got = vec![f32::NAN; want.len()];
         let macs = expand_depthwise(&x, expand, depthwise, None, &mut got);
         assert_close(&got, &want, "fallback");
-        assert_eq!(macs, [want_macs.0, want_macs.1, 0]);
+        assert_eq!(macs, [want_macs[0], want_macs[1], 0]);
     }
 }

@@ -333,6 +333,22 @@ mod test_util {
         }
     }
 
+    /// What the fused kernels compute, unfused: `x` through the convs of `layers` one after the other, then
+    /// `residual` added; returns the output and each conv's multiply-accumulates.
+    pub fn unfused(x: &[f32], layers: &[super::ConvLayer], residual: Option<&[f32]>) -> (Vec<f32>, Vec<u64>) {
+        let (mut data, mut macs) = (x.to_vec(), Vec::new());
+        for layer in layers {
+            let d = layer.dims;
+            let mut out = vec![f32::NAN; d.out_channels * d.out_h * d.out_w];
+            macs.push(layer.conv(&data, &mut out));
+            data = out;
+        }
+        if let Some(r) = residual {
+            data.iter_mut().zip(r).for_each(|(y, r)| *y += r);
+        }
+        (data, macs)
+    }
+
     /// Asserts `got ≈ want` elementwise within 1e-4 relative to magnitude (absolute below 1).
     pub fn assert_close(got: &[f32], want: &[f32], what: &str) {
         assert_eq!(got.len(), want.len(), "{what}: length");

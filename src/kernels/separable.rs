@@ -30,6 +30,13 @@ pub struct ConvLayer<'a> {
     pub act: Option<Activation>,
 }
 
+impl ConvLayer<'_> {
+    /// `out = act(conv(input) + bias)` with [`conv2d`]; returns its multiply-accumulates.
+    pub fn conv(&self, input: &[f32], out: &mut [f32]) -> u64 {
+        conv2d(input, self.weight, Some(self.bias), self.dims, self.act, out)
+    }
+}
+
 /// The 1×1 projection that ends a fused kernel, with the residual added after it (`[Cout, Ho, Wo]`, as the
 /// output).
 #[derive(Clone, Copy)]
@@ -76,9 +83,8 @@ pub fn depthwise_project(input: &[f32], depthwise: ConvLayer, project: Projectio
         Some(kernel) => kernel(input, depthwise, project, out),
         None => {
             let mut hidden = vec![0.0; d.out_channels * d.out_h * d.out_w];
-            let dw_macs = conv2d(input, depthwise.weight, Some(depthwise.bias), d, depthwise.act, &mut hidden);
-            let pw = project.layer;
-            let pw_macs = conv2d(&hidden, pw.weight, Some(pw.bias), p, pw.act, out);
+            let dw_macs = depthwise.conv(input, &mut hidden);
+            let pw_macs = project.layer.conv(&hidden, out);
             if let Some(r) = residual {
                 out.iter_mut().zip(r).for_each(|(y, r)| *y += r);
             }
@@ -178,7 +184,7 @@ pub(super) fn project_band(hidden: &[f32], project: Projection, oy0: usize, mut 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::test_util::{assert_close, depthwise_dims, pointwise_dims, random, with_pools};
+    use crate::kernels::test_util::{assert_close, depthwise_dims, pointwise_dims, random, unfused, with_pools};
 
     /// A depthwise `k × k` conv of stride `s` and padding `k / 2` on `[c, h, w]`, then a 1×1 `c → cout`.
     fn pair(c: usize, cout: usize, h: usize, w: usize, k: usize, s: usize) -> (Conv2dDims, Conv2dDims) {
@@ -203,17 +209,11 @@ mod tests {
             for (i, &dact) in acts.iter().enumerate() {
                 let pact = acts[(i + 1) % acts.len()];
                 for add in [false, true] {
-                    let mut hidden = vec![f32::NAN; d.out_channels * d.out_h * d.out_w];
-                    let mut want = vec![f32::NAN; residual.len()];
-                    conv2d(&x, &dw, Some(&db), &d, dact, &mut hidden);
-                    conv2d(&hidden, &pw, Some(&pb), &p, pact, &mut want);
-                    if add {
-                        want.iter_mut().zip(&residual).for_each(|(y, r)| *y += r);
-                    }
-                    let mut got = vec![f32::NAN; want.len()];
                     let depthwise = ConvLayer { dims: &d, weight: &dw, bias: &db, act: dact };
                     let layer = ConvLayer { dims: &p, weight: &pw, bias: &pb, act: pact };
                     let project = Projection { layer, residual: add.then_some(&residual[..]) };
+                    let (want, _) = unfused(&x, &[depthwise, layer], project.residual);
+                    let mut got = vec![f32::NAN; want.len()];
                     let macs = depthwise_project(&x, depthwise, project, &mut got);
                     let what = format!("{d:?} {p:?} acts {dact:?} {pact:?} residual {add} {setup}");
                     assert_close(&got, &want, &what);
@@ -251,16 +251,12 @@ mod tests {
         assert!(!supports_depthwise_project(&even, &after_even));
         let x = random(4 * 9 * 8, 1, 1.0);
         let (dw, db, pw, pb) = (random(64, 2, 1.0), random(4, 3, 1.0), random(24, 4, 1.0), random(6, 5, 1.0));
-        let mut hidden = vec![0.0; 4 * 6 * 5];
-        let mut want = vec![0.0; 6 * 6 * 5];
-        let want_macs = (
-            conv2d(&x, &dw, Some(&db), &even, Some(Activation::Relu), &mut hidden),
-            conv2d(&hidden, &pw, Some(&pb), &after_even, None, &mut want),
-        );
-        let mut got = vec![f32::NAN; want.len()];
         let depthwise = ConvLayer { dims: &even, weight: &dw, bias: &db, act: Some(Activation::Relu) };
         let layer = ConvLayer { dims: &after_even, weight: &pw, bias: &pb, act: None };
-        assert_eq!(depthwise_project(&x, depthwise, Projection { layer, residual: None }, &mut got), want_macs);
+        let (want, want_macs) = unfused(&x, &[depthwise, layer], None);
+        let mut got = vec![f32::NAN; want.len()];
+        let macs = depthwise_project(&x, depthwise, Projection { layer, residual: None }, &mut got);
+        assert_eq!(macs, (want_macs[0], want_macs[1]));
         assert_close(&got, &want, "fallback");
     }
 }
