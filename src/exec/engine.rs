@@ -200,7 +200,7 @@ impl<'g> Executor<'g> {
                 self.graph.input_shape()
             )));
         }
-        self.pool.install(|| self.execute(input, until, keep))
+        self.pool.install(|| kernels::with_workers_awake(|| self.execute(input, until, keep)))
     }
 
     fn execute(&self, input: &[f32], until: NodeIndex, keep: &[NodeIndex]) -> Result<RunOutput> {

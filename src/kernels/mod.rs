@@ -97,6 +97,41 @@ impl Split {
     }
 }
 
+/// Runs `f` on a thread of the current rayon pool with the pool's other workers kept awake until it
+/// returns: each spins on its rayon queues (`rayon::yield_now`), taking the pieces that `f`'s kernels split
+/// off as soon as they appear, instead of going to sleep whenever it waits more than a few microseconds
+/// between two kernels. Waking a sleeping worker costs tens of microseconds on a VM, which a network of a
+/// hundred parallel steps would otherwise pay at almost every step (onnxruntime's thread pool spins during
+/// a run for the same reason). Workers spin only while `f` runs.
+///
+/// The spinning is a broadcast job, which a worker takes before any stolen piece of `f`, so it never waits
+/// on top of one; a worker already spinning, and the caller's own thread, skip it.
+pub fn with_workers_awake<R>(f: impl FnOnce() -> R) -> R {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    thread_local! {
+        static SPINNING: Cell<bool> = const { Cell::new(false) };
+    }
+    let Some(caller) = rayon::current_thread_index().filter(|_| rayon::current_num_threads() > 1) else {
+        return f();
+    };
+    let running = std::sync::Arc::new(AtomicBool::new(true));
+    let flag = std::sync::Arc::clone(&running);
+    rayon::spawn_broadcast(move |worker| {
+        if worker.index() == caller || SPINNING.replace(true) {
+            return;
+        }
+        while flag.load(Ordering::Acquire) {
+            if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                std::hint::spin_loop();
+            }
+        }
+        SPINNING.set(false);
+    });
+    let result = f();
+    running.store(false, Ordering::Release);
+    result
+}
+
 /// Grows this thread's scratch buffers to what the kernels usually take (a band of the fused expand +
 /// depthwise kernel with its padded plane, the packed chunks of GEMMs with up to `gemm_depth` rows of `B`, the
 /// widest 1×1 conv's input channels), writing them so that their pages are faulted in: call it on every worker
@@ -263,6 +298,40 @@ fn bias_act_from(dst: &mut [f32], src: &[f32], bias: f32, act: Option<Activation
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workers_kept_awake_run_every_piece_and_stop_spinning() {
+        use rayon::prelude::*;
+        // Several runs at once from outside the pool, each splitting work at two levels, on 1 to 4 threads:
+        // every run completes with every piece done once, and the pool still serves every thread afterwards.
+        for threads in 1..=4 {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("build rayon pool");
+            let sums: Vec<u64> = std::thread::scope(|s| {
+                let runs: Vec<_> = (0..3u64)
+                    .map(|run| {
+                        let pool = &pool;
+                        s.spawn(move || {
+                            pool.install(|| {
+                                with_workers_awake(|| {
+                                    (0..50u64)
+                                        .map(|step| {
+                                            (0..64u64).into_par_iter().map(|i| i * step + run).sum::<u64>()
+                                                + rayon::join(|| step, || run).0
+                                        })
+                                        .sum()
+                                })
+                            })
+                        })
+                    })
+                    .collect();
+                runs.into_iter().map(|r| r.join().expect("a run completes")).collect()
+            });
+            let want =
+                |run: u64| -> u64 { (0..50u64).map(|step| (0..64).map(|i| i * step + run).sum::<u64>() + step).sum() };
+            assert_eq!(sums, (0..3).map(want).collect::<Vec<u64>>(), "{threads} threads");
+            assert_eq!(pool.broadcast(|w| w.index()), (0..threads).collect::<Vec<usize>>());
+        }
+    }
 
     #[test]
     fn split_shares_follow_the_pieces() {
