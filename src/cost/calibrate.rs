@@ -38,8 +38,16 @@ fn calibration_graphs() -> Result<Vec<(String, Graph)>> {
         .collect()
 }
 
-/// Timed runs per case (after one warm-up run).
-pub const RUNS_PER_CASE: usize = 15;
+/// Rounds over the cases: each case's runs are spread over this many moments of the calibration, so that a
+/// few seconds in which a shared machine runs slower weigh on every case alike instead of on whichever cases
+/// they fell on.
+pub const ROUNDS: usize = 3;
+
+/// Timed runs per case and round (after one warm-up run of a fresh executor).
+pub const RUNS_PER_ROUND: usize = 5;
+
+/// Timed runs per case.
+pub const RUNS_PER_CASE: usize = ROUNDS * RUNS_PER_ROUND;
 
 /// By default, calibration gives up when the median run of a case is this much slower than its fastest run.
 pub const MAX_SPREAD: f64 = 1.25;
@@ -57,47 +65,59 @@ pub struct Sample {
 
 /// A graph's timed runs: per step, the median time (the model predicts `bench`'s median run).
 #[derive(Clone, Debug)]
-pub struct TimedRuns {
+struct TimedRuns {
     /// One sample per step of the plan.
-    pub samples: Vec<Sample>,
+    samples: Vec<Sample>,
     /// Wall time of every run, milliseconds.
-    pub totals_ms: Vec<f64>,
+    totals_ms: Vec<f64>,
     /// The median over runs of the wall time outside the steps, nanoseconds.
-    pub outside_steps_ns: f64,
+    outside_steps_ns: f64,
 }
 
-/// A graph's plan steps timed over `runs` warm runs on `threads` threads, with features for `caches`.
-pub fn time_steps(graph: &Graph, threads: usize, caches: &Caches, runs: usize, tick: &dyn Fn()) -> Result<TimedRuns> {
-    let exec = Executor::new(graph, NodeParams::random(graph, 0), threads)?;
-    let input = vec![0.5f32; crate::ops::numel(graph.input_shape()) as usize];
-    exec.run(&input, graph.output(), &[])?;
-    let plan = exec.plan();
-    let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(runs); plan.steps.len()];
-    let mut totals_ms = Vec::with_capacity(runs);
-    let mut outside = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let started = std::time::Instant::now();
-        let run = exec.run(&input, graph.output(), &[])?;
-        let wall_ns = started.elapsed().as_secs_f64() * 1e9;
-        for (all, stat) in times.iter_mut().zip(&run.steps) {
-            all.push(stat.time.as_secs_f64() * 1e9);
+/// The times of a graph's runs so far: per plan step (with its family and features), and per run its wall
+/// time and its time outside the steps.
+#[derive(Default)]
+struct RunTimes {
+    steps: Vec<(Family, [f64; FEATURES], Vec<f64>)>,
+    totals_ms: Vec<f64>,
+    outside_ns: Vec<f64>,
+}
+
+impl RunTimes {
+    /// Adds `runs` warm runs of `graph` on `threads` threads, by a fresh executor after one warm-up run, with
+    /// the steps' features for `caches`.
+    fn time(&mut self, graph: &Graph, threads: usize, caches: &Caches, runs: usize, tick: &dyn Fn()) -> Result<()> {
+        let exec = Executor::new(graph, NodeParams::random(graph, 0), threads)?;
+        let input = vec![0.5f32; crate::ops::numel(graph.input_shape()) as usize];
+        exec.run(&input, graph.output(), &[])?;
+        if self.steps.is_empty() {
+            let step = |s| (Family::of(s, graph), features(s, graph, threads, caches), Vec::new());
+            self.steps = exec.plan().steps.iter().map(step).collect();
         }
-        let steps_ns: f64 = run.steps.iter().map(|s| s.time.as_secs_f64() * 1e9).sum();
-        outside.push((wall_ns - steps_ns).max(0.0));
-        totals_ms.push(wall_ns / 1e6);
-        tick();
+        for _ in 0..runs {
+            let started = std::time::Instant::now();
+            let run = exec.run(&input, graph.output(), &[])?;
+            let wall_ns = started.elapsed().as_secs_f64() * 1e9;
+            for ((_, _, all), stat) in self.steps.iter_mut().zip(&run.steps) {
+                all.push(stat.time.as_secs_f64() * 1e9);
+            }
+            let steps_ns: f64 = run.steps.iter().map(|s| s.time.as_secs_f64() * 1e9).sum();
+            self.outside_ns.push((wall_ns - steps_ns).max(0.0));
+            self.totals_ms.push(wall_ns / 1e6);
+            tick();
+        }
+        Ok(())
     }
-    let samples = plan
-        .steps
-        .iter()
-        .zip(times)
-        .map(|(step, all)| Sample {
-            family: Family::of(step, graph),
-            features: features(step, graph, threads, caches),
-            nanos: quantile(&all, 0.5),
-        })
-        .collect();
-    Ok(TimedRuns { samples, totals_ms, outside_steps_ns: quantile(&outside, 0.5) })
+
+    /// Each step's median time, with its family and features.
+    fn summarise(self) -> TimedRuns {
+        let samples = self
+            .steps
+            .into_iter()
+            .map(|(family, features, all)| Sample { family, features, nanos: quantile(&all, 0.5) })
+            .collect();
+        TimedRuns { samples, totals_ms: self.totals_ms, outside_steps_ns: quantile(&self.outside_ns, 0.5) }
+    }
 }
 
 /// Fits each family's cost law to its samples, relative errors weighted toward the larger steps (each row
@@ -173,19 +193,26 @@ pub fn calibrate(name: &str, threads: usize, max_spread: f64, tick: &dyn Fn()) -
     let mut cases = Vec::new();
     let caches = machine_caches();
     let (mut run_rows, mut run_targets) = (Vec::new(), Vec::new());
-    for (case, graph) in calibration_graphs()? {
-        let mut timed = time_steps(&graph, threads, &caches, RUNS_PER_CASE, tick)?;
+    let graphs = calibration_graphs()?;
+    let mut times: Vec<RunTimes> = graphs.iter().map(|_| RunTimes::default()).collect();
+    for _ in 0..ROUNDS {
+        for ((_, graph), times) in graphs.iter().zip(&mut times) {
+            times.time(graph, threads, &caches, RUNS_PER_ROUND, tick)?;
+        }
+    }
+    for ((case, graph), times) in graphs.into_iter().zip(times) {
+        let mut timed = times.summarise();
         run_rows.push(run_features(&graph));
         run_targets.push(timed.outside_steps_ns);
-        let totals = &timed.totals_ms;
-        let spread = quantile(totals, 0.5) / totals.iter().copied().fold(f64::INFINITY, f64::min);
+        let fastest = timed.totals_ms.iter().copied().fold(f64::INFINITY, f64::min);
+        let spread = quantile(&timed.totals_ms, 0.5) / fastest;
         if !spread.is_finite() || spread > max_spread {
             return Err(Error::input(format!(
                 "calibration cannot time reliably: {case} ran {spread:.2}x slower at the median than at \
                  its fastest (--max-spread {max_spread}); the machine is busy, no profile written"
             )));
         }
-        cases.push((case, totals[0], spread));
+        cases.push((case, fastest, spread));
         samples.append(&mut timed.samples);
     }
     let device = Device {
@@ -197,7 +224,8 @@ pub fn calibrate(name: &str, threads: usize, max_spread: f64, tick: &dyn Fn()) -
         toparch_version: env!("CARGO_PKG_VERSION").to_string(),
         date: today(),
         source: format!(
-            "toparch calibrate: median of {RUNS_PER_CASE} runs per step of {}; worst median/fastest run {:.2}",
+            "toparch calibrate: median of {RUNS_PER_CASE} runs per step ({ROUNDS} rounds over the cases) of {}; \
+             worst median/fastest run {:.2}",
             cases.iter().map(|c| c.0.as_str()).collect::<Vec<_>>().join(", "),
             cases.iter().map(|c| c.2).fold(1.0, f64::max)
         ),
