@@ -11,9 +11,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shared=../shared
-out=target/bench-run
+target=${CARGO_TARGET_DIR:-target}
+out=$target/bench-run
 rounds=${ROUNDS:-3}
 cold_processes=${COLD_PROCESSES:-3}
+if ! [[ "$rounds" =~ ^[1-9][0-9]*$ && "$cold_processes" =~ ^[1-9][0-9]*$ ]]; then
+  echo "run.sh: ROUNDS and COLD_PROCESSES must be whole numbers of at least 1" >&2
+  exit 2
+fi
 rm -rf "$out"
 mkdir -p "$out"
 
@@ -29,9 +34,9 @@ for round in $(seq "$rounds"); do
   echo "run.sh: round $round of $rounds" >&2
   python3 "$shared/bench/ort_latency.py" --threads 1 2 --runs 30 --json > "$out/ort-$round.json"
   cargo bench --locked --bench forward -- --noplot
-  cp -r target/criterion/forward "$out/toparch-$round"
+  cp -r "$target/criterion/forward" "$out/toparch-$round"
 done
-for process in $(seq "$cold_processes"); do
+for _ in $(seq "$cold_processes"); do
   for variant in tiny small base; do
     for threads in 1 2; do
       cargo bench --locked -q --bench cold -- "$variant" "$threads"

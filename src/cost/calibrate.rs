@@ -98,6 +98,7 @@ impl RunTimes {
             let started = std::time::Instant::now();
             let run = exec.run(&input, graph.output(), &[])?;
             let wall_ns = started.elapsed().as_secs_f64() * 1e9;
+            debug_assert_eq!(run.steps.len(), self.steps.len(), "every executor of a graph runs the same plan");
             for ((_, _, all), stat) in self.steps.iter_mut().zip(&run.steps) {
                 all.push(stat.time.as_secs_f64() * 1e9);
             }

@@ -174,9 +174,10 @@ impl<'g> Executor<'g> {
     /// A copy of a kept output: into the vector written at creation when it is the first of its size, so that
     /// a first run faults in no fresh pages for it either.
     fn output_vec(&self, data: &[f32]) -> Vec<f32> {
-        let mut first = self.first_output.lock().unwrap_or_else(|e| e.into_inner());
-        // Copied on every thread of the pool (a 150-class map at 64×64 is 2.4 MB).
-        match first.take_if(|v| v.len() == data.len()) {
+        // Taken out under the lock, then copied on every thread of the pool (a 150-class map at 64×64 is 2.4 MB)
+        // with the lock released: meanwhile those threads may run another run's steps, up to this same call.
+        let first = self.first_output.lock().unwrap_or_else(|e| e.into_inner()).take_if(|v| v.len() == data.len());
+        match first {
             Some(mut v) => {
                 v.par_chunks_mut(PAGE_WRITE_CHUNK)
                     .zip(data.par_chunks(PAGE_WRITE_CHUNK))

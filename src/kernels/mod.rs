@@ -97,40 +97,61 @@ impl Split {
     }
 }
 
-/// Runs `f` on a thread of the current rayon pool with the pool's other workers kept awake until it
-/// returns: each spins on its rayon queues (`rayon::yield_now`), taking the pieces that `f`'s kernels split
+/// Runs `f` on the current thread, a worker of a rayon pool, with the pool's other workers kept awake until
+/// it returns: each spins on its rayon queues (`rayon::yield_now`), taking the pieces that `f`'s kernels split
 /// off as soon as they appear, instead of going to sleep whenever it waits more than a few microseconds
 /// between two kernels. Waking a sleeping worker costs tens of microseconds on a VM, which a network of a
 /// hundred parallel steps would otherwise pay at almost every step (onnxruntime's thread pool spins during
-/// a run for the same reason). Workers spin only while `f` runs.
+/// a run for the same reason). Only when the pool has no more threads than the machine has cores.
 ///
-/// The spinning is a broadcast job, which a worker takes before any stolen piece of `f`, so it never waits
-/// on top of one; a worker already spinning, and the caller's own thread, skip it.
+/// The spinning is a broadcast job. A worker may take it inside a piece of `f` (waiting in a join), where
+/// spinning would keep that piece from finishing, so a worker stops once it has found nothing to do for
+/// [`SPIN_IDLE`]: a misplaced spin delays a run by that much at most and never blocks it. Workers stop as
+/// soon as `f` returns or unwinds.
 pub fn with_workers_awake<R>(f: impl FnOnce() -> R) -> R {
     use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    /// Clears the flag the workers spin on when dropped, so they stop even if `f` unwinds.
+    struct Stop(Arc<AtomicBool>);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            self.0.store(false, Ordering::Release);
+        }
+    }
     thread_local! {
         static SPINNING: Cell<bool> = const { Cell::new(false) };
     }
-    let Some(caller) = rayon::current_thread_index().filter(|_| rayon::current_num_threads() > 1) else {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = rayon::current_num_threads();
+    let Some(caller) = rayon::current_thread_index().filter(|_| threads > 1 && threads <= cores) else {
         return f();
     };
-    let running = std::sync::Arc::new(AtomicBool::new(true));
-    let flag = std::sync::Arc::clone(&running);
+    let running = Stop(Arc::new(AtomicBool::new(true)));
+    let flag = Arc::clone(&running.0);
     rayon::spawn_broadcast(move |worker| {
         if worker.index() == caller || SPINNING.replace(true) {
             return;
         }
+        let mut idle_since = std::time::Instant::now();
         while flag.load(Ordering::Acquire) {
-            if rayon::yield_now() != Some(rayon::Yield::Executed) {
+            if rayon::yield_now() == Some(rayon::Yield::Executed) {
+                idle_since = std::time::Instant::now();
+            } else if idle_since.elapsed() >= SPIN_IDLE {
+                break;
+            } else {
                 std::hint::spin_loop();
             }
         }
         SPINNING.set(false);
     });
-    let result = f();
-    running.store(false, Ordering::Release);
-    result
+    f()
 }
+
+/// How long a worker kept awake by [`with_workers_awake`] spins without finding work before it goes back to
+/// rayon's own idling (and sleep): far longer than the gaps between the kernels of a run, short enough that a
+/// spin taken inside a piece of the run delays the run little.
+pub const SPIN_IDLE: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Grows this thread's scratch buffers to what the kernels usually take (a band of the fused expand +
 /// depthwise kernel with its padded plane, the packed chunks of GEMMs with up to `gemm_depth` rows of `B`, the
@@ -302,34 +323,65 @@ mod tests {
     #[test]
     fn workers_kept_awake_run_every_piece_and_stop_spinning() {
         use rayon::prelude::*;
-        // Several runs at once from outside the pool, each splitting work at two levels, on 1 to 4 threads:
-        // every run completes with every piece done once, and the pool still serves every thread afterwards.
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        use std::time::{Duration, Instant};
+        // Runs of `steps` steps, each split at two levels, from outside the pool.
+        fn run(pool: &rayon::ThreadPool, run: u64, steps: u64) -> u64 {
+            pool.install(|| {
+                with_workers_awake(|| {
+                    (0..steps)
+                        .map(|step| {
+                            (0..64u64).into_par_iter().map(|i| i * step + run).sum::<u64>()
+                                + rayon::join(|| step, || run).0
+                        })
+                        .sum()
+                })
+            })
+        }
+        let want =
+            |run: u64| -> u64 { (0..50u64).map(|step| (0..64).map(|i| i * step + run).sum::<u64>() + step).sum() };
         for threads in 1..=4 {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("build rayon pool");
-            let sums: Vec<u64> = std::thread::scope(|s| {
-                let runs: Vec<_> = (0..3u64)
-                    .map(|run| {
-                        let pool = &pool;
-                        s.spawn(move || {
-                            pool.install(|| {
-                                with_workers_awake(|| {
-                                    (0..50u64)
-                                        .map(|step| {
-                                            (0..64u64).into_par_iter().map(|i| i * step + run).sum::<u64>()
-                                                + rayon::join(|| step, || run).0
-                                        })
-                                        .sum()
-                                })
+            let exited = Arc::new(AtomicUsize::new(0));
+            let counter = Arc::clone(&exited);
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .exit_handler(move |_| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                })
+                .build()
+                .expect("build rayon pool");
+            let pool = Arc::new(pool);
+            // Three runs at once, and a run that panics; a watchdog fails the test instead of letting it hang.
+            let (done, finished) = std::sync::mpsc::channel();
+            let shared = Arc::clone(&pool);
+            std::thread::spawn(move || {
+                let sums: Vec<u64> = std::thread::scope(|s| {
+                    let runs: Vec<_> = (0..3)
+                        .map(|r| {
+                            s.spawn({
+                                let pool = &shared;
+                                move || run(pool, r, 50)
                             })
                         })
-                    })
-                    .collect();
-                runs.into_iter().map(|r| r.join().expect("a run completes")).collect()
+                        .collect();
+                    runs.into_iter().map(|r| r.join().expect("a run completes")).collect()
+                });
+                let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    shared.install(|| with_workers_awake(|| panic!("a run that fails")))
+                }));
+                done.send((sums, panicked.is_err())).expect("the test waits");
             });
-            let want =
-                |run: u64| -> u64 { (0..50u64).map(|step| (0..64).map(|i| i * step + run).sum::<u64>() + step).sum() };
+            let (sums, panicked) = finished.recv_timeout(Duration::from_secs(60)).expect("runs finish");
             assert_eq!(sums, (0..3).map(want).collect::<Vec<u64>>(), "{threads} threads");
-            assert_eq!(pool.broadcast(|w| w.index()), (0..threads).collect::<Vec<usize>>());
+            assert!(panicked);
+            // No worker is left spinning: dropping the pool lets every thread exit.
+            drop(pool);
+            let start = Instant::now();
+            while exited.load(Ordering::SeqCst) < threads {
+                assert!(start.elapsed() < Duration::from_secs(10), "{threads} threads: a worker never exited");
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
     }
 
