@@ -326,11 +326,12 @@ mod tests {
         use std::sync::atomic::{AtomicUsize, Ordering};
         use std::sync::Arc;
         use std::time::{Duration, Instant};
-        // Runs of `steps` steps, each split at two levels, from outside the pool.
-        fn run(pool: &rayon::ThreadPool, run: u64, steps: u64) -> u64 {
+        const STEPS: u64 = 50;
+        // A run of `STEPS` steps, each split at two levels, from outside the pool.
+        fn run(pool: &rayon::ThreadPool, run: u64) -> u64 {
             pool.install(|| {
                 with_workers_awake(|| {
-                    (0..steps)
+                    (0..STEPS)
                         .map(|step| {
                             (0..64u64).into_par_iter().map(|i| i * step + run).sum::<u64>()
                                 + rayon::join(|| step, || run).0
@@ -340,7 +341,7 @@ mod tests {
             })
         }
         let want =
-            |run: u64| -> u64 { (0..50u64).map(|step| (0..64).map(|i| i * step + run).sum::<u64>() + step).sum() };
+            |run: u64| -> u64 { (0..STEPS).map(|step| (0..64).map(|i| i * step + run).sum::<u64>() + step).sum() };
         for threads in 1..=4 {
             let exited = Arc::new(AtomicUsize::new(0));
             let counter = Arc::clone(&exited);
@@ -361,7 +362,7 @@ mod tests {
                         .map(|r| {
                             s.spawn({
                                 let pool = &shared;
-                                move || run(pool, r, 50)
+                                move || run(pool, r)
                             })
                         })
                         .collect();
@@ -465,7 +466,7 @@ mod test_util {
             data = out;
         }
         if let Some(r) = residual {
-            data.iter_mut().zip(r).for_each(|(y, r)| *y += r);
+            super::add_into(&mut data, r);
         }
         (data, macs)
     }

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use super::conv::{conv2d, dw_channel, is_square_depthwise, Conv2dDims, DwIn, DwOut, DwPlan, FUSED_KERNELS};
 use super::fused::BAND_FLOATS;
 use super::matmul::{gemm, view2};
-use super::{bias_act, vector_isa, with_scratch, Activation, Isa, Split};
+use super::{add_into, bias_act, vector_isa, with_scratch, Activation, Isa, Split};
 
 /// One convolution of a fused kernel: its dimensions, weight (`[Cout, Cin/groups, kh, kw]`), bias (`Cout`
 /// values) and the activation after the bias.
@@ -86,7 +86,7 @@ pub fn depthwise_project(input: &[f32], depthwise: ConvLayer, project: Projectio
             let dw_macs = depthwise.conv(input, &mut hidden);
             let pw_macs = project.layer.conv(&hidden, out);
             if let Some(r) = residual {
-                out.iter_mut().zip(r).for_each(|(y, r)| *y += r);
+                add_into(out, r);
             }
             (dw_macs, pw_macs)
         }
