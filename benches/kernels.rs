@@ -52,6 +52,8 @@ fn bench(c: &mut Criterion) {
         ("dw k5 s1 96ch 64", dims(96, 64, 96, 5, 1, 96)),
         ("dw k5 s1 576ch 16", dims(576, 16, 576, 5, 1, 576)),
         ("dw k1 s1 128ch 64", dims(128, 64, 128, 1, 1, 128)),
+        ("pw 128->768 32", dims(128, 32, 768, 1, 1, 1)),
+        ("dw k5 s2 768ch 32", dims(768, 32, 768, 5, 2, 768)),
     ];
     for threads in [1, 2] {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("rayon pool");
@@ -83,6 +85,7 @@ fn bench(c: &mut Criterion) {
             ("16->48 128 + dw k3 s1", dims(16, 128, 48, 1, 1, 1), dims(48, 128, 48, 3, 1, 48)),
             ("48->144 64 + dw k5 s1", dims(48, 64, 144, 1, 1, 1), dims(144, 64, 144, 5, 1, 144)),
             ("96->576 16 + dw k5 s1", dims(96, 16, 576, 1, 1, 1), dims(576, 16, 576, 5, 1, 576)),
+            ("128->768 32 + dw k5 s2", dims(128, 32, 768, 1, 1, 1), dims(768, 32, 768, 5, 2, 768)),
         ];
         for (name, e, d) in &pairs {
             let x = data(e.in_channels * e.in_h * e.in_w);

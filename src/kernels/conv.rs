@@ -526,6 +526,12 @@ fn dw_copy_in<const S: usize, const FMA: bool>(x: DwIn, p: &DwPlan<S>, buf: &mut
                 bias_act_from(mid, &src[first..first + mid.len()], x.bias, x.act);
                 continue;
             }
+            #[cfg(target_arch = "x86_64")]
+            if S == 2 && p.isa == Isa::Avx512 {
+                // SAFETY: plans name AVX-512 only after `vector_isa` detected it on this CPU.
+                unsafe { even_lanes_bias_act_avx512(mid, &src[first..], x.bias, x.act) };
+                continue;
+            }
             gather(mid, &src[first..], S, FMA);
             if pending {
                 bias_act(mid.iter_mut(), x.bias, x.act);
@@ -577,6 +583,36 @@ fn even_lanes_avx2(dst: &mut [f32], src: &[f32]) -> usize {
         }
     }
     n * LANES
+}
+
+/// `dst[i] = act(src[2·i] + bias)` sixteen at a time: two masked loads, one two-source permute, the bias and
+/// activation in registers and one masked store, so that a row's ends need no scalar loop (`src` holds at
+/// least `2·(dst.len() − 1) + 1` values).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn even_lanes_bias_act_avx512(dst: &mut [f32], src: &[f32], bias: f32, act: Option<Activation>) {
+    use std::arch::x86_64::{
+        __m512, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_permutex2var_ps, _mm512_setr_epi32,
+    };
+    debug_assert!(dst.is_empty() || src.len() > 2 * (dst.len() - 1));
+    // The lanes `0..n` of a 16-lane mask.
+    let mask = |n: usize| ((1u32 << n.min(LANES_512)) - 1) as u16;
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    // SAFETY: AVX-512F is enabled on this function; the vector helpers only use it.
+    let bias = unsafe { <__m512 as Vector>::splat(bias) };
+    for (i, d) in dst.chunks_mut(LANES_512).enumerate() {
+        let start = (2 * LANES_512 * i).min(src.len());
+        let left = src.len() - start;
+        let at = src[start..].as_ptr();
+        // SAFETY: each load reads only the lanes its mask sets, which lie inside `src[start..]`; the store
+        // writes only the `d.len()` lanes of `d`.
+        unsafe {
+            let lo = _mm512_maskz_loadu_ps(mask(left), at);
+            let hi = _mm512_maskz_loadu_ps(mask(left.saturating_sub(LANES_512)), at.wrapping_add(LANES_512));
+            let values = bias_activate(_mm512_permutex2var_ps(lo, even, hi), bias, act);
+            _mm512_mask_storeu_ps(d.as_mut_ptr(), mask(d.len()), values);
+        }
+    }
 }
 
 /// Output rows `oy..oy + R` of one depthwise channel, in register tiles of `WIDE`, 2 and 1 vectors
