@@ -585,33 +585,46 @@ fn even_lanes_avx2(dst: &mut [f32], src: &[f32]) -> usize {
     n * LANES
 }
 
-/// `dst[i] = act(src[2·i] + bias)` sixteen at a time: two masked loads, one two-source permute, the bias and
-/// activation in registers and one masked store, so that a row's ends need no scalar loop (`src` holds at
-/// least `2·(dst.len() − 1) + 1` values).
+/// `dst[i] = act(src[2·i] + bias)` sixteen at a time: two loads, one two-source permute, the bias and
+/// activation in registers and one store per sixteen values, the last (partial) sixteen with masked loads and
+/// store, so that a row's end needs no scalar loop (`src` holds at least `2·(dst.len() − 1) + 1` values).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 fn even_lanes_bias_act_avx512(dst: &mut [f32], src: &[f32], bias: f32, act: Option<Activation>) {
     use std::arch::x86_64::{
-        __m512, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_permutex2var_ps, _mm512_setr_epi32,
+        __m512, _mm512_loadu_ps, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_permutex2var_ps,
+        _mm512_setr_epi32, _mm512_storeu_ps,
     };
     debug_assert!(dst.is_empty() || src.len() > 2 * (dst.len() - 1));
-    // The lanes `0..n` of a 16-lane mask.
-    let mask = |n: usize| ((1u32 << n.min(LANES_512)) - 1) as u16;
+    let l = LANES_512;
     let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     // SAFETY: AVX-512F is enabled on this function; the vector helpers only use it.
     let bias = unsafe { <__m512 as Vector>::splat(bias) };
-    for (i, d) in dst.chunks_mut(LANES_512).enumerate() {
-        let start = (2 * LANES_512 * i).min(src.len());
-        let left = src.len() - start;
-        let at = src[start..].as_ptr();
-        // SAFETY: each load reads only the lanes its mask sets, which lie inside `src[start..]`; the store
-        // writes only the `d.len()` lanes of `d`.
+    let convert = |lo, hi| unsafe { bias_activate(_mm512_permutex2var_ps(lo, even, hi), bias, act) };
+    // Whole chunks: sixteen values of `dst` from thirty-two readable values of `src`, without masks.
+    let whole = (dst.len() / l).min(src.len() / (2 * l));
+    for i in 0..whole {
+        // SAFETY: chunk `i < whole` reads `src[2l·i..2l·(i + 1)]` and writes `dst[l·i..l·(i + 1)]`, in bounds.
         unsafe {
-            let lo = _mm512_maskz_loadu_ps(mask(left), at);
-            let hi = _mm512_maskz_loadu_ps(mask(left.saturating_sub(LANES_512)), at.wrapping_add(LANES_512));
-            let values = bias_activate(_mm512_permutex2var_ps(lo, even, hi), bias, act);
-            _mm512_mask_storeu_ps(d.as_mut_ptr(), mask(d.len()), values);
+            let at = src.as_ptr().add(2 * l * i);
+            let values = convert(_mm512_loadu_ps(at), _mm512_loadu_ps(at.add(l)));
+            _mm512_storeu_ps(dst.as_mut_ptr().add(l * i), values);
         }
+    }
+    let (dst, src) = (&mut dst[l * whole..], &src[2 * l * whole..]);
+    if dst.is_empty() {
+        return;
+    }
+    debug_assert!(dst.len() <= l);
+    // The rest (at most sixteen values of `dst`, since `src` holds about twice as many): the lanes
+    // `0..n` of a 16-lane mask.
+    let mask = |n: usize| ((1u32 << n.min(l)) - 1) as u16;
+    // SAFETY: each load reads only the lanes its mask sets, which lie inside `src`; the store writes only the
+    // `dst.len()` lanes of `dst`.
+    unsafe {
+        let lo = _mm512_maskz_loadu_ps(mask(src.len()), src.as_ptr());
+        let hi = _mm512_maskz_loadu_ps(mask(src.len().saturating_sub(l)), src.as_ptr().wrapping_add(l));
+        _mm512_mask_storeu_ps(dst.as_mut_ptr(), mask(dst.len()), convert(lo, hi));
     }
 }
 
