@@ -600,6 +600,7 @@ fn even_lanes_bias_act_avx512(dst: &mut [f32], src: &[f32], bias: f32, act: Opti
     let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     // SAFETY: AVX-512F is enabled on this function; the vector helpers only use it.
     let bias = unsafe { <__m512 as Vector>::splat(bias) };
+    // The even lanes of `lo` then `hi`, with the bias and activation. SAFETY: AVX-512F, as above.
     let convert = |lo, hi| unsafe { bias_activate(_mm512_permutex2var_ps(lo, even, hi), bias, act) };
     // Whole chunks: sixteen values of `dst` from thirty-two readable values of `src`, without masks.
     let whole = (dst.len() / l).min(src.len() / (2 * l));
