@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The latency model's accuracy on this machine: calibrates at 1 thread, then benchmarks TopFormer-T/S/B at 512x512
 # (the calibration's networks) and held-out networks and sizes, does the same at 2 threads, and prints the
-# markdown table of the README's performance section, predicted beside measured (bench's warm median). Run it on a quiet machine:
-# calibration refuses to write a profile when runs vary too much.
+# markdown table of the README's performance section, predicted beside measured (bench's warm median). Run it on
+# a quiet machine: calibration refuses to write a profile when runs vary too much.
 #
 # With --snapdragon it also regenerates specs/devices/snapdragon865.toml from the one-thread calibration and the
 # published TopFormer latencies (toparch derive-device); regenerate reports/ afterwards (toparch report).
