@@ -18,7 +18,7 @@ use super::matmul::gemm_split;
 use super::matmul::{gemm, par_gemm, view2, view2_mut};
 use super::simd::{bias_activate, F32x8, Vector};
 use super::Activation;
-use super::{bias_act, bias_act_from, has_avx2_fma, vector_isa, with_scratch, Isa, ScratchGuard, Split};
+use super::{bias_act, bias_act_from, vector_isa, with_scratch, Isa, ScratchGuard, Split};
 
 /// Dimensions of one 2-D convolution (PyTorch semantics: zero padding, dilation 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -204,8 +204,8 @@ fn valid_range(k: usize, pad: usize, stride: usize, in_len: usize, out_len: usiz
 }
 
 /// Writes the im2col matrix `[cin_g · kh · kw, n]` of output pixels `p0..p0 + n` for the input channels
-/// starting at `c0` into `col`; `avx2` as for [`gather`].
-fn im2col(input: &[f32], d: &Conv2dDims, c0: usize, p0: usize, n: usize, col: &mut [f32], avx2: bool) {
+/// starting at `c0` into `col`; `isa` as for [`gather`].
+fn im2col(input: &[f32], d: &Conv2dDims, c0: usize, p0: usize, n: usize, col: &mut [f32], isa: Isa) {
     let cin_g = d.in_channels / d.groups;
     let plane = d.in_h * d.in_w;
     let mut rows = col.chunks_exact_mut(n);
@@ -233,7 +233,7 @@ fn im2col(input: &[f32], d: &Conv2dDims, c0: usize, p0: usize, n: usize, col: &m
                     let (mid, tail) = rest.split_at_mut(b - a);
                     head.fill(0.0);
                     tail.fill(0.0);
-                    gather(mid, &src[a * d.stride_w + kx - d.pad_w..], d.stride_w, avx2);
+                    gather(mid, &src[a * d.stride_w + kx - d.pad_w..], d.stride_w, isa);
                 }
             }
         }
@@ -253,7 +253,7 @@ fn im2col_conv(
     let kdim = cin_g * d.kernel_h * d.kernel_w;
     let pixels = d.out_h * d.out_w;
     let tile = im2col_tile(kdim, pixels, rayon::current_num_threads());
-    let avx2 = has_avx2_fma();
+    let isa = vector_isa();
     let mut y = view2_mut(out, d.out_channels, pixels);
     let tiles: Vec<_> = y.axis_chunks_iter_mut(Axis(1), tile).enumerate().collect();
     tiles
@@ -263,7 +263,7 @@ fn im2col_conv(
             with_scratch(kdim * n, |col| {
                 let mut macs = 0;
                 for g in 0..d.groups {
-                    im2col(input, d, g * cin_g, t * tile, n, col, avx2);
+                    im2col(input, d, g * cin_g, t * tile, n, col, isa);
                     let w = view2(&weight[g * cout_g * kdim..], cout_g, kdim);
                     let mut y_g = block.slice_mut(s![g * cout_g..(g + 1) * cout_g, ..]);
                     macs += gemm(&w, &view2(col, kdim, n), &mut y_g);
@@ -488,7 +488,7 @@ fn dw_plane<const K: usize, const S: usize, V: Vector, const FMA: bool>(
     buf: &mut [f32],
     mut y: DwOut,
 ) {
-    dw_copy_in::<S, FMA>(x, p, buf);
+    dw_copy_in::<S>(x, p, buf);
     let mut oy = 0;
     debug_assert_eq!(p.lanes, V::LANES);
     if p.out_w <= 2 * V::LANES {
@@ -510,7 +510,7 @@ fn dw_plane<const K: usize, const S: usize, V: Vector, const FMA: bool>(
 /// Writes the input rows `x` (with their pending bias and activation applied) into their places in the
 /// phase-split padded copy `buf`, whose zeros [`DwPlan::lay_zeros`] laid.
 #[inline(always)]
-fn dw_copy_in<const S: usize, const FMA: bool>(x: DwIn, p: &DwPlan<S>, buf: &mut [f32]) {
+fn dw_copy_in<const S: usize>(x: DwIn, p: &DwPlan<S>, buf: &mut [f32]) {
     let row_stride = S * p.phase_w;
     // Decided once per plane: deciding per row made 16² planes 20 % slower.
     let pending = x.bias != 0.0 || x.act.is_some();
@@ -526,13 +526,11 @@ fn dw_copy_in<const S: usize, const FMA: bool>(x: DwIn, p: &DwPlan<S>, buf: &mut
                 bias_act_from(mid, &src[first..first + mid.len()], x.bias, x.act);
                 continue;
             }
-            #[cfg(target_arch = "x86_64")]
-            if S == 2 && p.isa == Isa::Avx512 {
-                // SAFETY: plans name AVX-512 only after `vector_isa` detected it on this CPU.
-                unsafe { even_lanes_bias_act_avx512(mid, &src[first..], x.bias, x.act) };
+            if S == 2 && p.isa >= Isa::Avx2Fma {
+                even_lanes_bias_act(mid, &src[first..], x.bias, x.act, p.isa);
                 continue;
             }
-            gather(mid, &src[first..], S, FMA);
+            gather(mid, &src[first..], S, p.isa);
             if pending {
                 bias_act(mid.iter_mut(), x.bias, x.act);
             }
@@ -541,53 +539,84 @@ fn dw_copy_in<const S: usize, const FMA: bool>(x: DwIn, p: &DwPlan<S>, buf: &mut
 }
 
 /// `dst[i] = src[i·stride]` for every `i` of `dst` (`src` holds at least `(dst.len() − 1)·stride + 1`
-/// values); `avx2` allows the AVX2 path for stride 2 (only pass `true` after detecting AVX2 and FMA).
+/// values), with vector code for stride 2 on AVX2 and AVX-512 (pass only an `isa` this CPU has).
 #[inline(always)]
-fn gather(dst: &mut [f32], src: &[f32], stride: usize, avx2: bool) {
-    if stride == 1 {
-        dst.copy_from_slice(&src[..dst.len()]);
-        return;
-    }
-    let mut done = 0;
-    #[cfg(target_arch = "x86_64")]
-    if avx2 && stride == 2 {
-        // SAFETY: callers pass `avx2 = true` only when AVX2 and FMA are available.
-        done = unsafe { even_lanes_avx2(dst, src) };
-    }
-    let _ = avx2;
-    for (i, d) in dst.iter_mut().enumerate().skip(done) {
-        *d = src[i * stride];
+fn gather(dst: &mut [f32], src: &[f32], stride: usize, isa: Isa) {
+    match stride {
+        1 => dst.copy_from_slice(&src[..dst.len()]),
+        2 if isa >= Isa::Avx2Fma => even_lanes_bias_act(dst, src, 0.0, None, isa),
+        _ => dst.iter_mut().enumerate().for_each(|(i, d)| *d = src[i * stride]),
     }
 }
 
-/// `dst[i] = src[2·i]` eight at a time with two loads, one shuffle and one permute; returns how
-/// many leading elements of `dst` it wrote.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-fn even_lanes_avx2(dst: &mut [f32], src: &[f32]) -> usize {
-    use std::arch::x86_64::{
-        _mm256_castpd_ps, _mm256_castps_pd, _mm256_loadu_ps, _mm256_permute4x64_pd, _mm256_shuffle_ps, _mm256_storeu_ps,
-    };
-    let (dst_chunks, src_chunks) = (dst.chunks_exact_mut(LANES), src.chunks_exact(2 * LANES));
-    let n = dst_chunks.len().min(src_chunks.len());
-    for (d, s) in dst_chunks.zip(src_chunks) {
-        // SAFETY: `s` holds 16 values and `d` 8, so both unaligned 8-lane loads and the store are in bounds.
-        unsafe {
-            let a = _mm256_loadu_ps(s.as_ptr());
-            let b = _mm256_loadu_ps(s.as_ptr().add(LANES));
-            // [a0 a2 b0 b2 | a4 a6 b4 b6], then swap the middle 64-bit pairs.
-            let even = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
-            let even = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(even)));
-            _mm256_storeu_ps(d.as_mut_ptr(), even);
+/// `dst[i] = act(src[2·i] + bias)` for every `i` of `dst` (`src` holds at least `2·(dst.len() − 1) + 1`
+/// values) in one vector pass, under `isa`: AVX-512 or AVX2 (only pass one this CPU has).
+#[inline(always)]
+fn even_lanes_bias_act(dst: &mut [f32], src: &[f32], bias: f32, act: Option<Activation>, isa: Isa) {
+    debug_assert!(dst.is_empty() || src.len() > 2 * (dst.len() - 1));
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: callers name AVX-512 or AVX2 only after `vector_isa` detected it on this CPU.
+    unsafe {
+        if isa == Isa::Avx512 {
+            even_lanes_bias_act_avx512(dst, src, bias, act);
+        } else {
+            even_lanes_bias_act_avx2(dst, src, bias, act);
         }
     }
-    n * LANES
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("{isa:?} is an x86-64 instruction set");
 }
 
-/// `dst[i] = act(src[2·i] + bias)` sixteen at a time: two loads, one two-source permute, the bias and
-/// activation in registers and one store per sixteen values, the last (partial) sixteen with masked loads and
-/// store, so that a row's end needs no scalar loop (`src` holds at least `2·(dst.len() − 1) + 1` values).
+/// [`even_lanes_bias_act`] eight at a time: two loads, one shuffle and one permute, the bias and activation in
+/// registers and one store per eight values, the last (partial) eight with masked loads and store, so that a
+/// row's end needs no scalar loop.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn even_lanes_bias_act_avx2(dst: &mut [f32], src: &[f32], bias: f32, act: Option<Activation>) {
+    use std::arch::x86_64::{
+        __m256, _mm256_castpd_ps, _mm256_castps_pd, _mm256_cmpgt_epi32, _mm256_loadu_ps, _mm256_maskload_ps,
+        _mm256_maskstore_ps, _mm256_permute4x64_pd, _mm256_set1_epi32, _mm256_setr_epi32, _mm256_shuffle_ps,
+        _mm256_storeu_ps,
+    };
+    let l = LANES;
+    // SAFETY: AVX2 is enabled on this function; the vector helpers only use it.
+    let bias = unsafe { <__m256 as Vector>::splat(bias) };
+    // The even lanes of `lo` then `hi` ([lo0 lo2 hi0 hi2 | lo4 lo6 hi4 hi6] with the middle 64-bit pairs
+    // swapped), with the bias and activation. SAFETY: AVX2, as above.
+    let convert = |lo, hi| unsafe {
+        let even = _mm256_shuffle_ps::<0b10_00_10_00>(lo, hi);
+        let even = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(even)));
+        bias_activate(even, bias, act)
+    };
+    // Whole chunks: eight values of `dst` from sixteen readable values of `src`, without masks.
+    let whole = (dst.len() / l).min(src.len() / (2 * l));
+    for i in 0..whole {
+        // SAFETY: chunk `i < whole` reads `src[2l·i..2l·(i + 1)]` and writes `dst[l·i..l·(i + 1)]`, in bounds.
+        unsafe {
+            let at = src.as_ptr().add(2 * l * i);
+            let values = convert(_mm256_loadu_ps(at), _mm256_loadu_ps(at.add(l)));
+            _mm256_storeu_ps(dst.as_mut_ptr().add(l * i), values);
+        }
+    }
+    let (dst, src) = (&mut dst[l * whole..], &src[2 * l * whole..]);
+    if dst.is_empty() {
+        return;
+    }
+    debug_assert!(dst.len() <= l);
+    // The rest (at most eight values of `dst`): lanes `0..n` of an eight-lane mask.
+    let mask =
+        |n: usize| _mm256_cmpgt_epi32(_mm256_set1_epi32(n.min(l) as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    // SAFETY: each load reads only the lanes its mask sets, which lie inside `src`; the store writes only the
+    // `dst.len()` lanes of `dst`.
+    unsafe {
+        let lo = _mm256_maskload_ps(src.as_ptr(), mask(src.len()));
+        let hi = _mm256_maskload_ps(src.as_ptr().wrapping_add(l), mask(src.len().saturating_sub(l)));
+        _mm256_maskstore_ps(dst.as_mut_ptr(), mask(dst.len()), convert(lo, hi));
+    }
+}
+
+/// [`even_lanes_bias_act`] sixteen at a time: two loads, one two-source permute, the bias and activation in
+/// registers and one store per sixteen values, the last (partial) sixteen with masked loads and store.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 fn even_lanes_bias_act_avx512(dst: &mut [f32], src: &[f32], bias: f32, act: Option<Activation>) {
@@ -595,7 +624,6 @@ fn even_lanes_bias_act_avx512(dst: &mut [f32], src: &[f32], bias: f32, act: Opti
         __m512, _mm512_loadu_ps, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_permutex2var_ps,
         _mm512_setr_epi32, _mm512_storeu_ps,
     };
-    debug_assert!(dst.is_empty() || src.len() > 2 * (dst.len() - 1));
     let l = LANES_512;
     let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     // SAFETY: AVX-512F is enabled on this function; the vector helpers only use it.
@@ -851,6 +879,32 @@ mod tests {
         check(dims(3, 5, 6, 3, (3, 3), 2, 3, 3));
         // Many channels, so channels are spread over threads.
         check(dims(40, 9, 9, 40, (3, 3), 2, 1, 40));
+    }
+
+    #[test]
+    fn stride_two_copies_match_scalar_on_every_isa_and_length() {
+        let src = random(2 * 40 + 1, 9, 3.0);
+        for isa in Isa::ALL.into_iter().filter(|isa| isa.available()) {
+            for n in 0..=40usize {
+                // The tightest source a row end leaves (`2·(n − 1) + 1` values), and one with room to spare.
+                for src in [&src[..(2 * n).saturating_sub(1)], &src[..]] {
+                    let mut plain = vec![f32::NAN; n + 1];
+                    gather(&mut plain[..n], src, 2, isa);
+                    let mut applied = vec![f32::NAN; n + 1];
+                    if isa >= Isa::Avx2Fma {
+                        even_lanes_bias_act(&mut applied[..n], src, 0.5, Some(Activation::Relu6), isa);
+                    } else {
+                        gather(&mut applied[..n], src, 2, isa);
+                        bias_act(applied[..n].iter_mut(), 0.5, Some(Activation::Relu6));
+                    }
+                    for i in 0..n {
+                        assert_eq!(plain[i], src[2 * i], "{isa:?} n={n} i={i}");
+                        assert_eq!(applied[i], Activation::Relu6.apply(src[2 * i] + 0.5), "{isa:?} n={n} i={i}");
+                    }
+                    assert!(plain[n].is_nan() && applied[n].is_nan(), "{isa:?} n={n}: wrote past the end");
+                }
+            }
+        }
     }
 
     #[test]
