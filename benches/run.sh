@@ -4,19 +4,23 @@
 # model and the vector instruction set the kernels dispatch to. Needs ../shared/ beside the repository and
 # python3; installs onnxruntime and numpy with pip (user site) when they are missing.
 #
-# A shared VM's speed drifts by tens of percent from one minute to the next, so both contenders run in
-# ROUNDS alternating rounds (onnxruntime, then toparch; default 3) and each is summarised by the median of its
-# round medians; the table also gives the ratio against onnxruntime's best round, which favours the peer.
-# Each cold start runs COLD_PROCESSES times (default 3), each time in a fresh process.
+# A shared VM's speed drifts by tens of percent from one minute to the next (and flips between a fast and a
+# slow state within seconds), so both contenders run in ROUNDS alternating rounds (onnxruntime, then toparch;
+# default 5) and each is summarised by the median of its round medians; the table also gives the ratio against
+# onnxruntime's best round, which favours the peer. Within a round each network is timed over a similar
+# stretch of seconds by both: criterion measures toparch for 8 s per case, onnxruntime runs ORT_RUNS times
+# per case (default 300: 4-12 s). Each cold start runs COLD_PROCESSES times (default 5), each time in a fresh
+# process, and the table reports the median process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shared=../shared
 target=${CARGO_TARGET_DIR:-target}
 out=$target/bench-run
-rounds=${ROUNDS:-3}
-cold_processes=${COLD_PROCESSES:-3}
-if ! [[ "$rounds" =~ ^[1-9][0-9]*$ && "$cold_processes" =~ ^[1-9][0-9]*$ ]]; then
-  echo "run.sh: ROUNDS and COLD_PROCESSES must be whole numbers of at least 1" >&2
+rounds=${ROUNDS:-5}
+cold_processes=${COLD_PROCESSES:-5}
+ort_runs=${ORT_RUNS:-300}
+if ! [[ "$rounds" =~ ^[1-9][0-9]*$ && "$cold_processes" =~ ^[1-9][0-9]*$ && "$ort_runs" =~ ^[1-9][0-9]*$ ]]; then
+  echo "run.sh: ROUNDS, COLD_PROCESSES and ORT_RUNS must be whole numbers of at least 1" >&2
   exit 2
 fi
 rm -rf "$out"
@@ -32,7 +36,7 @@ cargo bench --locked --no-run --bench forward --bench cold
 
 for round in $(seq "$rounds"); do
   echo "run.sh: round $round of $rounds" >&2
-  python3 "$shared/bench/ort_latency.py" --threads 1 2 --runs 30 --json > "$out/ort-$round.json"
+  python3 "$shared/bench/ort_latency.py" --threads 1 2 --runs "$ort_runs" --json > "$out/ort-$round.json"
   cargo bench --locked --bench forward -- --noplot
   cp -r "$target/criterion/forward" "$out/toparch-$round"
 done
