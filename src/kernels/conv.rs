@@ -567,94 +567,100 @@ fn even_lanes_bias_act(dst: &mut [f32], src: &[f32], bias: f32, act: Option<Acti
     unreachable!("{isa:?} is an x86-64 instruction set");
 }
 
-/// [`even_lanes_bias_act`] eight at a time: two loads, one shuffle and one permute, the bias and activation in
-/// registers and one store per eight values, the last (partial) eight with masked loads and store, so that a
-/// row's end needs no scalar loop.
+/// [`even_lanes_bias_act`] eight at a time: one shuffle and one permute per eight values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn even_lanes_bias_act_avx2(dst: &mut [f32], src: &[f32], bias: f32, act: Option<Activation>) {
     use std::arch::x86_64::{
-        __m256, _mm256_castpd_ps, _mm256_castps_pd, _mm256_cmpgt_epi32, _mm256_loadu_ps, _mm256_maskload_ps,
-        _mm256_maskstore_ps, _mm256_permute4x64_pd, _mm256_set1_epi32, _mm256_setr_epi32, _mm256_shuffle_ps,
-        _mm256_storeu_ps,
+        __m256, _mm256_castpd_ps, _mm256_castps_pd, _mm256_cmpgt_epi32, _mm256_maskload_ps, _mm256_maskstore_ps,
+        _mm256_permute4x64_pd, _mm256_set1_epi32, _mm256_setr_epi32, _mm256_shuffle_ps,
     };
-    let l = LANES;
-    // SAFETY: AVX2 is enabled on this function; the vector helpers only use it.
-    let bias = unsafe { <__m256 as Vector>::splat(bias) };
-    // The even lanes of `lo` then `hi` ([lo0 lo2 hi0 hi2 | lo4 lo6 hi4 hi6] with the middle 64-bit pairs
-    // swapped), with the bias and activation. SAFETY: AVX2, as above.
-    let convert = |lo, hi| unsafe {
-        let even = _mm256_shuffle_ps::<0b10_00_10_00>(lo, hi);
-        let even = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(even)));
-        bias_activate(even, bias, act)
+    // Lanes `0..n` of an eight-lane mask.
+    let mask = |n: usize| {
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(n.min(LANES) as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
     };
-    // Whole chunks: eight values of `dst` from sixteen readable values of `src`, without masks.
-    let whole = (dst.len() / l).min(src.len() / (2 * l));
-    for i in 0..whole {
-        // SAFETY: chunk `i < whole` reads `src[2l·i..2l·(i + 1)]` and writes `dst[l·i..l·(i + 1)]`, in bounds.
-        unsafe {
-            let at = src.as_ptr().add(2 * l * i);
-            let values = convert(_mm256_loadu_ps(at), _mm256_loadu_ps(at.add(l)));
-            _mm256_storeu_ps(dst.as_mut_ptr().add(l * i), values);
-        }
-    }
-    let (dst, src) = (&mut dst[l * whole..], &src[2 * l * whole..]);
-    if dst.is_empty() {
-        return;
-    }
-    debug_assert!(dst.len() <= l);
-    // The rest (at most eight values of `dst`): lanes `0..n` of an eight-lane mask.
-    let mask =
-        |n: usize| _mm256_cmpgt_epi32(_mm256_set1_epi32(n.min(l) as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    // SAFETY: each load reads only the lanes its mask sets, which lie inside `src`; the store writes only the
-    // `dst.len()` lanes of `dst`.
+    // SAFETY: AVX2 is enabled on this function; the masked loads and stores touch only the lanes they are given,
+    // which `even_lanes_in_chunks` keeps inside `src` and `dst`.
     unsafe {
-        let lo = _mm256_maskload_ps(src.as_ptr(), mask(src.len()));
-        let hi = _mm256_maskload_ps(src.as_ptr().wrapping_add(l), mask(src.len().saturating_sub(l)));
-        _mm256_maskstore_ps(dst.as_mut_ptr(), mask(dst.len()), convert(lo, hi));
+        even_lanes_in_chunks::<__m256>(
+            dst,
+            src,
+            bias,
+            act,
+            // [lo0 lo2 hi0 hi2 | lo4 lo6 hi4 hi6], then the middle 64-bit pairs swapped.
+            |lo, hi| {
+                let even = _mm256_shuffle_ps::<0b10_00_10_00>(lo, hi);
+                _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(even)))
+            },
+            |at, n| _mm256_maskload_ps(at, mask(n)),
+            |at, n, v| _mm256_maskstore_ps(at, mask(n), v),
+        );
     }
 }
 
-/// [`even_lanes_bias_act`] sixteen at a time: two loads, one two-source permute, the bias and activation in
-/// registers and one store per sixteen values, the last (partial) sixteen with masked loads and store.
+/// [`even_lanes_bias_act`] sixteen at a time: one two-source permute per sixteen values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 fn even_lanes_bias_act_avx512(dst: &mut [f32], src: &[f32], bias: f32, act: Option<Activation>) {
     use std::arch::x86_64::{
-        __m512, _mm512_loadu_ps, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_permutex2var_ps,
-        _mm512_setr_epi32, _mm512_storeu_ps,
+        __m512, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_permutex2var_ps, _mm512_setr_epi32,
     };
-    let l = LANES_512;
     let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    // SAFETY: AVX-512F is enabled on this function; the vector helpers only use it.
-    let bias = unsafe { <__m512 as Vector>::splat(bias) };
-    // The even lanes of `lo` then `hi`, with the bias and activation. SAFETY: AVX-512F, as above.
-    let convert = |lo, hi| unsafe { bias_activate(_mm512_permutex2var_ps(lo, even, hi), bias, act) };
-    // Whole chunks: sixteen values of `dst` from thirty-two readable values of `src`, without masks.
+    // Lanes `0..n` of a 16-lane mask.
+    let mask = |n: usize| ((1u32 << n.min(LANES_512)) - 1) as u16;
+    // SAFETY: AVX-512F is enabled on this function; the masked loads and stores touch only the lanes they are
+    // given, which `even_lanes_in_chunks` keeps inside `src` and `dst`.
+    unsafe {
+        even_lanes_in_chunks::<__m512>(
+            dst,
+            src,
+            bias,
+            act,
+            |lo, hi| _mm512_permutex2var_ps(lo, even, hi),
+            |at, n| _mm512_maskz_loadu_ps(mask(n), at),
+            |at, n, v| _mm512_mask_storeu_ps(at, mask(n), v),
+        );
+    }
+}
+
+/// The loop of the vector versions of [`even_lanes_bias_act`], over vectors `V`: whole chunks (`V::LANES`
+/// values of `dst` from twice as many readable values of `src`) with plain loads and stores, then the row's
+/// last, partial chunk with masked ones, so that its end needs no scalar loop; the bias and activation are
+/// applied in registers. `even(lo, hi)` takes the even lanes of `lo` then `hi`; `load(at, n)` reads lanes
+/// `0..n` from `at` and no others, `store(at, n, v)` writes lanes `0..n` of `v` to `at` and no others.
+///
+/// # Safety
+///
+/// Only from a function compiled for `V`'s instruction set, with `load` and `store` as described.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn even_lanes_in_chunks<V: Vector>(
+    dst: &mut [f32],
+    src: &[f32],
+    bias: f32,
+    act: Option<Activation>,
+    even: impl Fn(V, V) -> V,
+    load: impl Fn(*const f32, usize) -> V,
+    store: impl Fn(*mut f32, usize, V),
+) {
+    let l = V::LANES;
+    let bias = V::splat(bias);
     let whole = (dst.len() / l).min(src.len() / (2 * l));
     for i in 0..whole {
-        // SAFETY: chunk `i < whole` reads `src[2l·i..2l·(i + 1)]` and writes `dst[l·i..l·(i + 1)]`, in bounds.
-        unsafe {
-            let at = src.as_ptr().add(2 * l * i);
-            let values = convert(_mm512_loadu_ps(at), _mm512_loadu_ps(at.add(l)));
-            _mm512_storeu_ps(dst.as_mut_ptr().add(l * i), values);
-        }
+        // Chunk `i < whole` reads `src[2l·i..2l·(i + 1)]` and writes `dst[l·i..l·(i + 1)]`, in bounds.
+        let at = src.as_ptr().add(2 * l * i);
+        let values = bias_activate(even(V::load_ptr(at), V::load_ptr(at.add(l))), bias, act);
+        values.store(&mut dst[l * i..]);
     }
     let (dst, src) = (&mut dst[l * whole..], &src[2 * l * whole..]);
     if dst.is_empty() {
         return;
     }
+    // At most `l` values of `dst` remain (`src` holds about twice as many); each load reads only lanes inside
+    // `src`, the store only the `dst.len()` lanes of `dst`.
     debug_assert!(dst.len() <= l);
-    // The rest (at most sixteen values of `dst`, since `src` holds about twice as many): the lanes
-    // `0..n` of a 16-lane mask.
-    let mask = |n: usize| ((1u32 << n.min(l)) - 1) as u16;
-    // SAFETY: each load reads only the lanes its mask sets, which lie inside `src`; the store writes only the
-    // `dst.len()` lanes of `dst`.
-    unsafe {
-        let lo = _mm512_maskz_loadu_ps(mask(src.len()), src.as_ptr());
-        let hi = _mm512_maskz_loadu_ps(mask(src.len().saturating_sub(l)), src.as_ptr().wrapping_add(l));
-        _mm512_mask_storeu_ps(dst.as_mut_ptr(), mask(dst.len()), convert(lo, hi));
-    }
+    let (lo, hi) = (load(src.as_ptr(), src.len()), load(src.as_ptr().wrapping_add(l), src.len().saturating_sub(l)));
+    store(dst.as_mut_ptr(), dst.len(), bias_activate(even(lo, hi), bias, act));
 }
 
 /// Output rows `oy..oy + R` of one depthwise channel, in register tiles of `WIDE`, 2 and 1 vectors
