@@ -455,14 +455,14 @@ pub(super) fn dw_channel<const K: usize, const S: usize>(
             (Isa::Portable, _) => {}
         }
     }
-    dw_plane::<K, S, F32x8, false>(x, w, plan, buf, out);
+    dw_plane::<K, S, F32x8>(x, w, plan, buf, out);
 }
 
 /// [`dw_plane`] compiled for AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn dw_plane_avx2<const K: usize, const S: usize>(x: DwIn, w: &[f32], p: &DwPlan<S>, buf: &mut [f32], y: DwOut) {
-    dw_plane::<K, S, std::arch::x86_64::__m256, true>(x, w, p, buf, y);
+    dw_plane::<K, S, std::arch::x86_64::__m256>(x, w, p, buf, y);
 }
 
 /// [`dw_plane`] compiled for AVX-512F, with tiles of `V` (512- or, on narrow planes, 256-bit vectors).
@@ -475,13 +475,13 @@ fn dw_plane_avx512<const K: usize, const S: usize, V: Vector>(
     buf: &mut [f32],
     y: DwOut,
 ) {
-    dw_plane::<K, S, V, true>(x, w, p, buf, y);
+    dw_plane::<K, S, V>(x, w, p, buf, y);
 }
 
 /// One depthwise channel: copies `x` into the padded `buf`, then computes the output two rows at a time in
-/// tiles of `V` vectors (`FMA`: the caller is compiled for AVX2 and FMA).
+/// tiles of `V` vectors.
 #[inline(always)]
-fn dw_plane<const K: usize, const S: usize, V: Vector, const FMA: bool>(
+fn dw_plane<const K: usize, const S: usize, V: Vector>(
     x: DwIn,
     w: &[f32],
     p: &DwPlan<S>,
