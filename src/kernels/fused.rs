@@ -4,14 +4,14 @@
 //!
 //! The output is split into one piece per rayon thread, by rows where the images are tall enough and
 //! by channels otherwise (never with a projection, which reads every channel); each piece walks its rows
-//! in bands. For a band, the expanded input rows it
+//! in bands, and a thread done with its piece of rows takes the back half of the rows another has left. For a band, the expanded input rows it
 //! reads are computed by one single-threaded GEMM `W[channels, Cin] · X[Cin, rows·W]` into a
 //! thread-local scratch sized to stay in L2, then every channel runs the direct depthwise kernel of
 //! [`conv2d`](super::conv2d) on those rows with the band's own top and bottom padding, applying the
 //! expand bias and activation as it pads them (in L1, in its vector versions, with no separate pass; rows
 //! shared between bands get it once per band). Rows shared with the previous band of the same piece
-//! are kept (moved to the front of the scratch), so only pieces of rows after the first recompute a
-//! halo of `k − stride` expanded rows. With a projection, the depthwise rows of the band go to the scratch
+//! are kept (moved to the front of the scratch), so only pieces of rows after the first (and rows a
+//! thread takes over from another) recompute a halo of `k − stride` expanded rows. With a projection, the depthwise rows of the band go to the scratch
 //! and are projected from there into the output rows, as in [`depthwise_project`].
 
 use ndarray::{ArrayView2, ArrayViewMut2, ArrayViewMut3, Axis, ShapeBuilder};
@@ -20,7 +20,8 @@ use rayon::prelude::*;
 use super::conv::{dw_channel, is_square_depthwise, Conv2dDims, DwIn, DwOut, DwPlan, FUSED_KERNELS};
 use super::matmul::{gemm, view2};
 use super::separable::{depthwise_project, is_pointwise, project_band, ConvLayer, Projection};
-use super::{vector_isa, with_scratch, Isa, Split};
+use super::steal::for_each_band;
+use super::{vector_isa, Isa, ScratchGuard, Split};
 
 /// Floats of expanded rows a band holds (768 KB): with the padded band plane and the streamed input
 /// rows it about fills one core's 1 MB L2 on the target machines. In A/B runs over 16²–256² pairs,
@@ -70,7 +71,8 @@ const HALO_SHARE: usize = 32;
 /// (0 for an absent projection): `hidden·H·W·Cin`, `hidden·Ho·Wo·k²` and `Cout·Ho·Wo·hidden`. The expand
 /// count is exact in that every expanded pixel is computed at least once (guaranteed by
 /// [`supports_expand_depthwise`]); it does not include the halo rows recomputed where a thread's piece of
-/// rows starts, `(k − stride)·W·hidden·Cin` per piece after the first. Pieces of rows are only used when
+/// rows starts, `(k − stride)·W·hidden·Cin` per piece after the first and per range of rows a thread takes
+/// over from another (one halo per take: at most a few per run, and none when the threads keep pace). Pieces of rows are only used when
 /// that is at most 1/32 of the expand per piece (e.g. one extra row of 256, 0.4 %, for 3×3 stride 2 at
 /// 256² on two threads); one thread, or a split by channels, recomputes nothing.
 ///
@@ -168,7 +170,9 @@ pub fn expand_depthwise_split(expand: &Conv2dDims, depthwise: &Conv2dDims, proje
 }
 
 /// The fused pair (or block) with a `K × K` depthwise kernel and stride `S`, parallel over the pieces of
-/// the output that [`pieces`] cuts: of rows, or of channels (no halo; every thread re-reads the input).
+/// the output that [`pieces`] cuts: of rows, each thread taking bands of its piece and then the back half
+/// of whatever piece has most left ([`for_each_band`]); or of channels (no halo; every thread re-reads the
+/// input).
 fn fused<const K: usize, const S: usize>(p: &Pair, out: &mut [f32]) -> [u64; 3] {
     let (e, d) = (p.expand.dims, p.depthwise.dims);
     let hidden = e.out_channels;
@@ -180,14 +184,22 @@ fn fused<const K: usize, const S: usize>(p: &Pair, out: &mut [f32]) -> [u64; 3] 
     let height = (BAND_FLOATS.saturating_sub(piece_c * e.in_w * (K - S)) / per_row).clamp(1, piece_h);
     let bands = Bands { height, capacity: (height - 1) * S + K };
     let isa = vector_isa();
-    let mut y =
-        ArrayViewMut3::from_shape((out_channels, d.out_h, d.out_w), out).expect("output length checked by the caller");
-    let pieces: Vec<_> = if by_rows {
-        y.axis_chunks_iter_mut(Axis(1), piece_h).enumerate().map(|(i, piece)| (0, i * piece_h, piece)).collect()
+    if by_rows {
+        let band_channels = if p.project.is_some() { hidden } else { piece_c };
+        let new_bander = || Bander::<K, S>::new(p, 0, band_channels, bands, isa);
+        let dims = (out_channels, d.out_h, d.out_w);
+        for_each_band(out, dims, d.out_h.div_ceil(piece_h), height, new_bander, Bander::band);
     } else {
-        y.axis_chunks_iter_mut(Axis(0), piece_c).enumerate().map(|(i, piece)| (i * piece_c, 0, piece)).collect()
-    };
-    pieces.into_par_iter().for_each(|(c0, oy0, piece)| run_piece::<K, S>(p, c0, oy0, piece, bands, isa));
+        let mut y = ArrayViewMut3::from_shape((out_channels, d.out_h, d.out_w), out)
+            .expect("output length checked by the caller");
+        let pieces: Vec<_> = y.axis_chunks_iter_mut(Axis(0), piece_c).enumerate().collect();
+        pieces.into_par_iter().for_each(|(i, mut piece)| {
+            let mut bander = Bander::<K, S>::new(p, i * piece_c, piece.len_of(Axis(0)), bands, isa);
+            for (b, band) in piece.axis_chunks_iter_mut(Axis(1), height).enumerate() {
+                bander.band(b * height, band);
+            }
+        });
+    }
     let macs = |a: usize, b: usize, c: usize, k: usize| (a * b * c * k) as u64;
     [
         macs(hidden, e.in_h, e.in_w, e.in_channels),
@@ -196,60 +208,70 @@ fn fused<const K: usize, const S: usize>(p: &Pair, out: &mut [f32]) -> [u64; 3] 
     ]
 }
 
-/// Channels `c0..` and output rows `oy0..` of the output, held in `piece` (`[channels, rows, Wo]`; with a
-/// projection, every output channel), band after band on this thread.
-fn run_piece<const K: usize, const S: usize>(
-    p: &Pair,
+/// One thread's bands of a fused pair for the expanded channels `c0..c0 + channels` (every channel with a
+/// projection): its scratch of expanded rows, padded band plane and (with a projection) depthwise rows,
+/// and the input rows whose expansion the scratch holds, which the next band reuses when it overlaps them.
+struct Bander<'p, const K: usize, const S: usize> {
+    p: &'p Pair<'p>,
     c0: usize,
-    oy0: usize,
-    mut piece: ArrayViewMut3<f32>,
-    bands: Bands,
+    channels: usize,
+    channel_len: usize,
+    buf_len: usize,
+    scratch: ScratchGuard,
+    /// Input rows `held.0..held.1` are expanded in rows `0..` of every channel's scratch.
+    held: (usize, usize),
     isa: Isa,
-) {
-    let (e, d) = (p.expand.dims, p.depthwise.dims);
-    let w = e.in_w;
-    let channels = if p.project.is_some() { e.out_channels } else { piece.len_of(Axis(0)) };
-    let channel_len = bands.channel_stride(w);
-    let buf_len = DwPlan::<S>::new::<K>(d, 0, bands.height, isa).buf_len();
-    let projected_len = p.project.map_or(0, |_| channels * bands.height * d.out_w);
-    with_scratch(channels * channel_len + buf_len + projected_len, |scratch| {
-        let (expanded, rest) = scratch.split_at_mut(channels * channel_len);
-        let (buf, depthwise_rows) = rest.split_at_mut(buf_len);
-        // Input rows `held.0..held.1` are expanded in rows `0..` of every channel's scratch.
-        let mut held = (0, 0);
-        for (b, mut band) in piece.axis_chunks_iter_mut(Axis(1), bands.height).enumerate() {
-            let (band_oy0, rows) = (oy0 + b * bands.height, band.len_of(Axis(1)));
-            let plan = DwPlan::<S>::new::<K>(d, band_oy0, rows, isa);
-            let first = DwPlan::<S>::first_input_row(d, band_oy0);
-            let end = ((band_oy0 + rows - 1) * S + K).saturating_sub(d.pad_h).min(e.in_h);
-            plan.lay_zeros(end - first, buf);
-            let keep = if held.0 <= first && first < held.1 { held.1 - first } else { 0 };
-            if keep > 0 && first > held.0 {
-                for channel in expanded.chunks_exact_mut(channel_len) {
-                    channel.copy_within((first - held.0) * w..(held.1 - held.0) * w, 0);
-                }
-            }
-            expand_rows(p, c0, first + keep..end, expanded, keep, channel_len);
-            held = (first, end);
-            let n = rows * d.out_w;
-            for (c, channel) in (c0..).zip(expanded.chunks_exact(channel_len)) {
-                let mut plane;
-                let y = match p.project {
-                    Some(_) => &mut depthwise_rows[(c - c0) * n..][..n],
-                    None => {
-                        plane = band.index_axis_mut(Axis(0), c - c0);
-                        plane.as_slice_mut().expect("one channel's rows of a band are contiguous")
-                    }
-                };
-                let x = DwIn { x: &channel[..(end - first) * w], bias: p.expand.bias[c], act: p.expand.act };
-                let out = DwOut { y, bias: p.depthwise.bias[c], act: p.depthwise.act };
-                dw_channel::<K, S>(x, &p.depthwise.weight[c * K * K..][..K * K], &plan, buf, out);
-            }
-            if let Some(project) = p.project {
-                project_band(&depthwise_rows[..channels * n], project, band_oy0, band);
+}
+
+impl<'p, const K: usize, const S: usize> Bander<'p, K, S> {
+    fn new(p: &'p Pair<'p>, c0: usize, channels: usize, bands: Bands, isa: Isa) -> Self {
+        let d = p.depthwise.dims;
+        let channel_len = bands.channel_stride(p.expand.dims.in_w);
+        let buf_len = DwPlan::<S>::new::<K>(d, 0, bands.height, isa).buf_len();
+        let projected_len = p.project.map_or(0, |_| channels * bands.height * d.out_w);
+        let scratch = ScratchGuard::take(channels * channel_len + buf_len + projected_len);
+        Bander { p, c0, channels, channel_len, buf_len, scratch, held: (0, 0), isa }
+    }
+
+    /// Output rows `band_oy0..` held in `band` (`[channels, rows, Wo]`; with a projection, every output
+    /// channel).
+    fn band(&mut self, band_oy0: usize, mut band: ArrayViewMut3<f32>) {
+        let (p, c0, channels, channel_len) = (self.p, self.c0, self.channels, self.channel_len);
+        let (e, d, w) = (p.expand.dims, p.depthwise.dims, p.expand.dims.in_w);
+        let rows = band.len_of(Axis(1));
+        let (expanded, rest) = self.scratch.as_mut_slice().split_at_mut(channels * channel_len);
+        let (buf, depthwise_rows) = rest.split_at_mut(self.buf_len);
+        let plan = DwPlan::<S>::new::<K>(d, band_oy0, rows, self.isa);
+        let first = DwPlan::<S>::first_input_row(d, band_oy0);
+        let end = ((band_oy0 + rows - 1) * S + K).saturating_sub(d.pad_h).min(e.in_h);
+        plan.lay_zeros(end - first, buf);
+        let held = self.held;
+        let keep = if held.0 <= first && first < held.1 { held.1 - first } else { 0 };
+        if keep > 0 && first > held.0 {
+            for channel in expanded.chunks_exact_mut(channel_len) {
+                channel.copy_within((first - held.0) * w..(held.1 - held.0) * w, 0);
             }
         }
-    });
+        expand_rows(p, c0, first + keep..end, expanded, keep, channel_len);
+        self.held = (first, end);
+        let n = rows * d.out_w;
+        for (c, channel) in (c0..).zip(expanded.chunks_exact(channel_len)) {
+            let mut plane;
+            let y = match p.project {
+                Some(_) => &mut depthwise_rows[(c - c0) * n..][..n],
+                None => {
+                    plane = band.index_axis_mut(Axis(0), c - c0);
+                    plane.as_slice_mut().expect("one channel's rows of a band are contiguous")
+                }
+            };
+            let x = DwIn { x: &channel[..(end - first) * w], bias: p.expand.bias[c], act: p.expand.act };
+            let out = DwOut { y, bias: p.depthwise.bias[c], act: p.depthwise.act };
+            dw_channel::<K, S>(x, &p.depthwise.weight[c * K * K..][..K * K], &plan, buf, out);
+        }
+        if let Some(project) = p.project {
+            project_band(&depthwise_rows[..channels * n], project, band_oy0, band);
+        }
+    }
 }
 
 /// Expands input `rows` for the channels `c0..` that `expanded` holds (`stride` floats apart) into row
@@ -369,6 +391,42 @@ mod tests {
         let (e, d) = pair(4, 16, 64, 40, 3, 1);
         assert!(supports_expand_depthwise_project(&e, &d, &projection(&d, 4)));
         assert!(!supports_expand_depthwise_project(&e, &d, &Conv2dDims { stride_h: 2, ..projection(&d, 4) }));
+    }
+
+    /// A thread's bands may come in any order and start at any row (a range taken over from another thread
+    /// starts mid-piece, after rows the scratch does not hold): every order gives the unfused result.
+    #[test]
+    fn bands_run_in_any_order_from_any_row() {
+        let (e, d) = pair(6, 24, 41, 19, 5, 1);
+        let p = projection(&d, 6);
+        let x = random(e.in_channels * e.in_h * e.in_w, 41, 2.0);
+        let (ew, eb) = (random(e.out_channels * e.in_channels, 42, 1.0), random(e.out_channels, 43, 1.0));
+        let (dw, db) = (random(d.out_channels * 25, 44, 1.0), random(d.out_channels, 45, 1.0));
+        let (pw, pb) = (random(p.out_channels * p.in_channels, 46, 1.0), random(p.out_channels, 47, 1.0));
+        let act = Some(Activation::Relu6);
+        let expand = ConvLayer { dims: &e, weight: &ew, bias: &eb, act };
+        let depthwise = ConvLayer { dims: &d, weight: &dw, bias: &db, act };
+        let project =
+            Projection { layer: ConvLayer { dims: &p, weight: &pw, bias: &pb, act: None }, residual: Some(&x) };
+        let (want, _) = unfused(&x, &[expand, depthwise, project.layer], Some(&x));
+        for projected in [false, true] {
+            let pair = Pair { input: &x, expand, depthwise, project: projected.then_some(project) };
+            let (want, channels) = match projected {
+                true => (want.clone(), p.out_channels),
+                false => (unfused(&x, &[expand, depthwise], None).0, d.out_channels),
+            };
+            // Six output rows per band read (6 − 1)·1 + 5 input rows.
+            let bands = Bands { height: 6, capacity: 10 };
+            // Rows 0..41 in chunks of at most 6, in an order that jumps back and forth.
+            let chunks = [(30, 36), (0, 6), (6, 12), (36, 41), (17, 23), (12, 17), (23, 29), (29, 30)];
+            let mut got = vec![f32::NAN; want.len()];
+            let mut y = ArrayViewMut3::from_shape((channels, d.out_h, d.out_w), &mut got[..]).unwrap();
+            let mut bander = Bander::<5, 1>::new(&pair, 0, d.out_channels, bands, vector_isa());
+            for (start, end) in chunks {
+                bander.band(start, y.slice_mut(ndarray::s![.., start..end, ..]));
+            }
+            assert_close(&got, &want, &format!("bands out of order, projected {projected}"));
+        }
     }
 
     #[test]

@@ -75,7 +75,8 @@ pub fn batched_matmul_split(batch: usize, m: usize, k: usize, n: usize, threads:
 
 /// `c ← a · b` in blocks of output columns (or of rows, when `c` is taller than wide), each a
 /// single-threaded GEMM followed by `epilogue(first_row, block)` while the block is still in cache.
-/// Blocks run in parallel on the current rayon pool. Returns the multiply-accumulates performed.
+/// Blocks run in parallel on the current rayon pool, each a job of its own, so that a thread that finishes
+/// early takes the blocks another has not started. Returns the multiply-accumulates performed.
 pub(super) fn par_gemm<F>(a: ArrayView2<f32>, b: ArrayView2<f32>, mut c: ArrayViewMut2<f32>, epilogue: &F) -> u64
 where
     F: Fn(usize, ArrayViewMut2<f32>) + Sync,
@@ -93,6 +94,7 @@ where
         let blocks: Vec<_> = b.axis_chunks_iter(Axis(1), width).zip(c.axis_chunks_iter_mut(Axis(1), width)).collect();
         blocks
             .into_par_iter()
+            .with_max_len(1)
             .map(|(b_block, mut c_block)| {
                 let macs = gemm(&a, &b_block, &mut c_block);
                 epilogue(0, c_block);
@@ -104,6 +106,7 @@ where
         let blocks: Vec<_> = a.axis_chunks_iter(Axis(0), height).zip(c.axis_chunks_iter_mut(Axis(0), height)).collect();
         blocks
             .into_par_iter()
+            .with_max_len(1)
             .enumerate()
             .map(|(i, (a_block, mut c_block))| {
                 let macs = gemm(&a_block, &b, &mut c_block);

@@ -38,6 +38,7 @@ mod resize;
 mod separable;
 mod simd;
 mod softmax;
+mod steal;
 
 pub use activation::Activation;
 pub use conv::{conv2d, conv2d_split, Conv2dDims};
