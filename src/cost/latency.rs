@@ -131,7 +131,8 @@ pub const FEATURES: usize = 6;
 
 /// What a step costs in the model's terms on `threads` threads, as `[work, bytes in L2, bytes in L3, bytes
 /// from memory, 1, forks]`: work is the multiply-accumulates of its nodes plus the elements they write, bytes
-/// the f32 data it reads and writes (weights included), both times the busiest thread's share
+/// the f32 data it reads and writes (weights included; the output of a resize that writes it with
+/// non-temporal stores at half, as those move each line once where other stores read it in first), both times the busiest thread's share
 /// ([`parallel_share`]); the bytes go to the one cache level their working set fits; `forks` is 1 when the
 /// step is split across threads (a fork/join), else 0.
 pub fn features(step: &PlanStep, graph: &Graph, threads: usize, caches: &Caches) -> [f64; FEATURES] {
@@ -139,6 +140,11 @@ pub fn features(step: &PlanStep, graph: &Graph, threads: usize, caches: &Caches)
     let read: u64 = step.reads.iter().map(|&r| numel(&graph.node(r).shape)).sum();
     let written = numel(&graph.node(step.output()).shape);
     let weights: u64 = step.nodes.iter().flat_map(|&n| &graph.node(n).params).map(|p| numel(&p.shape)).sum();
+    // A resize that streams its output moves each written line once; other stores read it in first.
+    let streamed = step.kind == StepKind::Op
+        && matches!(graph.node(step.nodes[0]).op, Op::Resize(_))
+        && kernels::resize_streams(4 * written as usize, false);
+    let written = if streamed { written / 2 } else { written };
     let bytes = 4.0 * (read + written + weights) as f64;
     let share = parallel_share(step, graph, threads);
     let mut f = [0.0; FEATURES];
@@ -592,6 +598,24 @@ mod tests {
         // Tiny at 256² has steps in L2, in L3 and beyond it (the final resize), split and serial steps.
         assert!(levels.iter().all(|&n| n > 0), "{levels:?}");
         assert!(forks > 0 && serial > 0, "{forks} {serial}");
+    }
+
+    /// The final resize of a 150-class segmentor's logits writes 150×H×W values: streamed at 512² (157 MB),
+    /// with its output counted at half, and not at 256² (39 MB).
+    #[test]
+    fn a_streamed_resize_counts_its_output_at_half() {
+        let caches = Caches { l2_bytes: 1 << 20, l3_bytes: 8 << 20 };
+        for (res, streamed) in [(512, true), (256, false)] {
+            let graph = crate::spec::load_embedded("topformer-tiny").unwrap().compile(res, res).unwrap();
+            let plan = Plan::new(&graph);
+            let last = plan.steps.last().expect("a plan has steps");
+            assert!(matches!(graph.node(last.nodes[0]).op, Op::Resize(_)));
+            let (read, written) = (numel(&graph.node(last.reads[0]).shape), numel(&graph.node(last.output()).shape));
+            assert_eq!(written, 150 * res as u64 * res as u64);
+            let written = if streamed { written / 2 } else { written };
+            let bytes: f64 = features(last, &graph, 1, &caches)[1..4].iter().sum();
+            assert_eq!(bytes, 4.0 * (read + written) as f64, "{res}");
+        }
     }
 
     #[test]

@@ -109,6 +109,12 @@ pub fn resize_bilinear(
 /// outputs gained nothing and a 39 MB one, which stays in that L3 between runs, took 40 % longer.
 const STREAM_MIN_BYTES: usize = 64 << 20;
 
+/// Whether [`resize_bilinear`] writes an output of `out_bytes` with non-temporal stores (which move each
+/// written line once, where ordinary stores first read it in).
+pub fn resize_streams(out_bytes: usize, accumulate: bool) -> bool {
+    !accumulate && out_bytes >= STREAM_MIN_BYTES
+}
+
 /// Everything about a resize that is shared by its channels.
 struct Plan {
     rows: Vec<Tap>,
@@ -130,7 +136,7 @@ impl Plan {
             needed[t.i0] = true;
             needed[t.i1] = true;
         }
-        let stream = !accumulate && out_bytes >= STREAM_MIN_BYTES;
+        let stream = resize_streams(out_bytes, accumulate);
         Plan { rows, cols: taps(in_w, out_w), needed, in_w, out_w, accumulate, stream }
     }
 }
