@@ -239,7 +239,8 @@ pub fn calibrate(name: &str, threads: usize, max_spread: f64, tick: &dyn Fn()) -
 
 /// This machine's cache sizes: the largest private (per-core) level below the last as L2 and the last
 /// level shared by several cores as L3, from Linux's sysfs. Where they cannot be read, 1 MiB and 32 MiB
-/// (typical of current x86 server cores) stand in, and the profile says so by the sizes it records.
+/// (typical of current x86 server cores) stand in, and the profile says so by the sizes it records. With
+/// the output size from which this build's kernels stream a resize's output.
 pub fn machine_caches() -> Caches {
     let dir = std::path::Path::new("/sys/devices/system/cpu/cpu0/cache");
     let mut levels: Vec<(u32, u64, bool)> = Vec::new();
@@ -253,7 +254,8 @@ pub fn machine_caches() -> Caches {
         let shared = read("shared_cpu_list").is_some_and(|list| list.contains(',') || list.contains('-'));
         levels.push((level, bytes, shared));
     }
-    caches_from_levels(&levels)
+    let stream_min_bytes = crate::kernels::RESIZE_STREAM_MIN_BYTES.map(|bytes| bytes as u64);
+    Caches { stream_min_bytes, ..caches_from_levels(&levels) }
 }
 
 /// [`Caches`] from `(level, bytes, shared by several cores)` of the data/unified caches.
@@ -261,11 +263,11 @@ fn caches_from_levels(levels: &[(u32, u64, bool)]) -> Caches {
     let private = levels.iter().filter(|l| !l.2 && l.0 >= 2).map(|l| l.1).max();
     let shared = levels.iter().filter(|l| l.2 && l.0 >= 2).max_by_key(|l| l.0).map(|l| l.1);
     match (private, shared) {
-        (Some(l2), Some(l3)) => Caches { l2_bytes: l2, l3_bytes: l3.max(l2) },
-        (Some(l2), None) => Caches { l2_bytes: l2, l3_bytes: l2 },
+        (Some(l2), Some(l3)) => Caches { l2_bytes: l2, l3_bytes: l3.max(l2), stream_min_bytes: None },
+        (Some(l2), None) => Caches { l2_bytes: l2, l3_bytes: l2, stream_min_bytes: None },
         // A shared L2 and nothing private beyond L1: the shared level is the only one.
-        (None, Some(l2)) => Caches { l2_bytes: l2, l3_bytes: l2 },
-        (None, None) => Caches { l2_bytes: 1 << 20, l3_bytes: 32 << 20 },
+        (None, Some(l2)) => Caches { l2_bytes: l2, l3_bytes: l2, stream_min_bytes: None },
+        (None, None) => Caches { l2_bytes: 1 << 20, l3_bytes: 32 << 20, stream_min_bytes: None },
     }
 }
 
@@ -392,11 +394,14 @@ mod tests {
         assert_eq!(parse_cache_size("12x"), None);
         // Private L1 and L2, shared L3.
         let epyc = [(1, 32 << 10, false), (2, 1 << 20, false), (3, 32 << 20, true)];
-        assert_eq!(caches_from_levels(&epyc), Caches { l2_bytes: 1 << 20, l3_bytes: 32 << 20 });
+        assert_eq!(caches_from_levels(&epyc), Caches { l2_bytes: 1 << 20, l3_bytes: 32 << 20, stream_min_bytes: None });
         // A shared L2 is the last level.
         let shared_l2 = [(1, 64 << 10, false), (2, 4 << 20, true)];
-        assert_eq!(caches_from_levels(&shared_l2), Caches { l2_bytes: 4 << 20, l3_bytes: 4 << 20 });
-        assert_eq!(caches_from_levels(&[]), Caches { l2_bytes: 1 << 20, l3_bytes: 32 << 20 });
+        assert_eq!(
+            caches_from_levels(&shared_l2),
+            Caches { l2_bytes: 4 << 20, l3_bytes: 4 << 20, stream_min_bytes: None }
+        );
+        assert_eq!(caches_from_levels(&[]), Caches { l2_bytes: 1 << 20, l3_bytes: 32 << 20, stream_min_bytes: None });
         let caches = machine_caches();
         assert!(caches.l2_bytes > 0 && caches.l3_bytes >= caches.l2_bytes, "{caches:?}");
     }

@@ -110,6 +110,10 @@ pub struct Caches {
     pub l2_bytes: u64,
     /// The shared last-level cache, bytes (0 when there is none beyond L2).
     pub l3_bytes: u64,
+    /// The output size from which the machine's kernels write a resize's output with non-temporal stores
+    /// (`kernels::RESIZE_STREAM_MIN_BYTES` where it was calibrated); absent where they never do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_min_bytes: Option<u64>,
 }
 
 impl Caches {
@@ -132,7 +136,8 @@ pub const FEATURES: usize = 6;
 /// What a step costs in the model's terms on `threads` threads, as `[work, bytes in L2, bytes in L3, bytes
 /// from memory, 1, forks]`: work is the multiply-accumulates of its nodes plus the elements they write, bytes
 /// the f32 data it reads and writes (weights included; the output of a resize that writes it with
-/// non-temporal stores at half, as those move each line once where other stores read it in first), both times the busiest thread's share
+/// non-temporal stores, per [`Caches::stream_min_bytes`], at half, as those move each line once where other
+/// stores read it in first), both times the busiest thread's share
 /// ([`parallel_share`]); the bytes go to the one cache level their working set fits; `forks` is 1 when the
 /// step is split across threads (a fork/join), else 0.
 pub fn features(step: &PlanStep, graph: &Graph, threads: usize, caches: &Caches) -> [f64; FEATURES] {
@@ -143,7 +148,7 @@ pub fn features(step: &PlanStep, graph: &Graph, threads: usize, caches: &Caches)
     // A resize that streams its output moves each written line once; other stores read it in first.
     let streamed = step.kind == StepKind::Op
         && matches!(graph.node(step.nodes[0]).op, Op::Resize(_))
-        && kernels::resize_streams(4 * written as usize, false);
+        && caches.stream_min_bytes.is_some_and(|min| 4 * written >= min);
     let written = if streamed { written / 2 } else { written };
     let bytes = 4.0 * (read + written + weights) as f64;
     let share = parallel_share(step, graph, threads);
@@ -571,7 +576,7 @@ mod tests {
     fn features_split_work_by_threads_and_bytes_by_cache_level() {
         let graph = crate::spec::load_embedded("topformer-tiny").unwrap().compile(256, 256).unwrap();
         let plan = Plan::new(&graph);
-        let caches = Caches { l2_bytes: 1 << 20, l3_bytes: 8 << 20 };
+        let caches = Caches { l2_bytes: 1 << 20, l3_bytes: 8 << 20, stream_min_bytes: None };
         let mut levels = [0usize; 3];
         let (mut forks, mut serial) = (0, 0);
         for step in &plan.steps {
@@ -600,12 +605,14 @@ mod tests {
         assert!(forks > 0 && serial > 0, "{forks} {serial}");
     }
 
-    /// The final resize of a 150-class segmentor's logits writes 150×H×W values: streamed at 512² (157 MB),
-    /// with its output counted at half, and not at 256² (39 MB).
+    /// The final resize of a 150-class segmentor's logits writes 150×H×W values: streamed at 512² (157 MB)
+    /// on a machine whose kernels stream from 64 MiB, with its output counted at half; not at 256² (39 MB),
+    /// nor where they never stream.
     #[test]
     fn a_streamed_resize_counts_its_output_at_half() {
-        let caches = Caches { l2_bytes: 1 << 20, l3_bytes: 8 << 20 };
-        for (res, streamed) in [(512, true), (256, false)] {
+        let streaming = Caches { l2_bytes: 1 << 20, l3_bytes: 8 << 20, stream_min_bytes: Some(64 << 20) };
+        let never = Caches { stream_min_bytes: None, ..streaming };
+        for (res, caches, streamed) in [(512, streaming, true), (256, streaming, false), (512, never, false)] {
             let graph = crate::spec::load_embedded("topformer-tiny").unwrap().compile(res, res).unwrap();
             let plan = Plan::new(&graph);
             let last = plan.steps.last().expect("a plan has steps");
@@ -614,7 +621,7 @@ mod tests {
             assert_eq!(written, 150 * res as u64 * res as u64);
             let written = if streamed { written / 2 } else { written };
             let bytes: f64 = features(last, &graph, 1, &caches)[1..4].iter().sum();
-            assert_eq!(bytes, 4.0 * (read + written) as f64, "{res}");
+            assert_eq!(bytes, 4.0 * (read + written) as f64, "{res} {caches:?}");
         }
     }
 

@@ -48,7 +48,7 @@ pub use fused::{
 };
 pub use matmul::{batched_matmul, batched_matmul_split};
 pub use pool::{adaptive_avg_pool2d, adaptive_avg_pool2d_split, adaptive_bin};
-pub use resize::{resize_bilinear, resize_bilinear_split, resize_streams};
+pub use resize::{resize_bilinear, resize_bilinear_split, RESIZE_STREAM_MIN_BYTES};
 pub use separable::{depthwise_project, depthwise_project_split, supports_depthwise_project, ConvLayer, Projection};
 pub use softmax::{softmax_rows, softmax_rows_split};
 

@@ -101,19 +101,14 @@ pub fn resize_bilinear(
         });
 }
 
-/// Outputs of at least this many bytes that are not accumulated are written with non-temporal stores,
-/// which do not read each line into the cache before overwriting it: an output this large leaves the
-/// caches before anything reads it (the final resize of a 150-class segmentor to 512×512 writes 157 MB).
-/// On a 2-vCPU Xeon with a 260 MB L3, 150 classes resized to 360×480 (104 MB) and to 512×512 (157 MB)
-/// took half the time, on one thread or two (17.0 → 8.9 and 25.4 → 12.9 ms on one); streamed 40 MB
-/// outputs gained nothing and a 39 MB one, which stays in that L3 between runs, took 40 % longer.
-const STREAM_MIN_BYTES: usize = 64 << 20;
-
-/// Whether [`resize_bilinear`] writes an output of `out_bytes` with non-temporal stores (which move each
-/// written line once, where ordinary stores first read it in).
-pub fn resize_streams(out_bytes: usize, accumulate: bool) -> bool {
-    !accumulate && out_bytes >= STREAM_MIN_BYTES
-}
+/// Outputs of at least this many bytes that are not accumulated are written with non-temporal stores
+/// (x86-64 only; `None` elsewhere), which do not read each line into the cache before overwriting it: an
+/// output this large leaves the caches before anything reads it (the final resize of a 150-class segmentor
+/// to 512×512 writes 157 MB). On a 2-vCPU Xeon with a 260 MB L3, 150 classes resized to 360×480 (104 MB)
+/// and to 512×512 (157 MB) took half the time, on one thread or two (17.0 → 8.9 and 25.4 → 12.9 ms on one);
+/// streamed 40 MB outputs gained nothing and a 39 MB one, which stays in that L3 between runs, took 40 %
+/// longer.
+pub const RESIZE_STREAM_MIN_BYTES: Option<usize> = if cfg!(target_arch = "x86_64") { Some(64 << 20) } else { None };
 
 /// Everything about a resize that is shared by its channels.
 struct Plan {
@@ -136,7 +131,7 @@ impl Plan {
             needed[t.i0] = true;
             needed[t.i1] = true;
         }
-        let stream = resize_streams(out_bytes, accumulate);
+        let stream = !accumulate && RESIZE_STREAM_MIN_BYTES.is_some_and(|min| out_bytes >= min);
         Plan { rows, cols: taps(in_w, out_w), needed, in_w, out_w, accumulate, stream }
     }
 }
@@ -293,8 +288,11 @@ mod tests {
                 );
             }
         }
-        assert!(Plan::new(2, 2, 4, 4, false, STREAM_MIN_BYTES).stream);
-        assert!(!Plan::new(2, 2, 4, 4, true, STREAM_MIN_BYTES).stream, "an accumulated output is read first");
+        if let Some(min) = RESIZE_STREAM_MIN_BYTES {
+            assert!(Plan::new(2, 2, 4, 4, false, min).stream);
+            assert!(!Plan::new(2, 2, 4, 4, false, min - 4).stream);
+            assert!(!Plan::new(2, 2, 4, 4, true, min).stream, "an accumulated output is read first");
+        }
     }
 
     #[test]
