@@ -20,18 +20,10 @@ impl SharedRange {
 
     /// Claims the first `grain` units (fewer at the end), if any are left.
     fn claim(&self, grain: usize) -> Option<Range<usize>> {
-        let mut current = self.0.load(Ordering::Acquire);
-        loop {
-            let Range { start, end } = unpack(current);
-            if start >= end {
-                return None;
-            }
-            let claimed = start..(start + grain).min(end);
-            match self.0.compare_exchange_weak(current, pack(claimed.end..end), Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return Some(claimed),
-                Err(seen) => current = seen,
-            }
-        }
+        self.take(|left| {
+            let end = (left.start + grain).min(left.end);
+            (end..left.end, left.start..end)
+        })
     }
 
     /// Units left.
@@ -41,16 +33,23 @@ impl SharedRange {
 
     /// Cuts the back half of what is left (all of it when that is at most `grain` units), if anything is.
     fn steal(&self, grain: usize) -> Option<Range<usize>> {
+        self.take(|left| {
+            let cut = if left.len() <= grain { left.start } else { left.end - left.len() / 2 };
+            (left.start..cut, cut..left.end)
+        })
+    }
+
+    /// Splits what is left, if anything, into what stays and what the caller takes, by `split`, atomically.
+    fn take(&self, split: impl Fn(Range<usize>) -> (Range<usize>, Range<usize>)) -> Option<Range<usize>> {
         let mut current = self.0.load(Ordering::Acquire);
         loop {
-            let Range { start, end } = unpack(current);
-            if start >= end {
+            let left = unpack(current);
+            if left.is_empty() {
                 return None;
             }
-            let left = end - start;
-            let cut = if left <= grain { start } else { end - left / 2 };
-            match self.0.compare_exchange_weak(current, pack(start..cut), Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return Some(cut..end),
+            let (stays, taken) = split(left);
+            match self.0.compare_exchange_weak(current, pack(stays), Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Some(taken),
                 Err(seen) => current = seen,
             }
         }
