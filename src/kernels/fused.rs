@@ -4,15 +4,16 @@
 //!
 //! The output is split into one piece per rayon thread, by rows where the images are tall enough and
 //! by channels otherwise (never with a projection, which reads every channel); each piece walks its rows
-//! in bands, and a thread done with its piece of rows takes the back half of the rows another has left. For a band, the expanded input rows it
-//! reads are computed by one single-threaded GEMM `W[channels, Cin] · X[Cin, rows·W]` into a
-//! thread-local scratch sized to stay in L2, then every channel runs the direct depthwise kernel of
-//! [`conv2d`](super::conv2d) on those rows with the band's own top and bottom padding, applying the
-//! expand bias and activation as it pads them (in L1, in its vector versions, with no separate pass; rows
-//! shared between bands get it once per band). Rows shared with the previous band of the same piece
-//! are kept (moved to the front of the scratch), so only pieces of rows after the first (and rows a
-//! thread takes over from another) recompute a halo of `k − stride` expanded rows. With a projection, the depthwise rows of the band go to the scratch
-//! and are projected from there into the output rows, as in [`depthwise_project`].
+//! in bands, and a thread done with its piece of rows takes the back half of the rows another has left.
+//! For a band, the expanded input rows it reads are computed by one single-threaded GEMM
+//! `W[channels, Cin] · X[Cin, rows·W]` into a thread-local scratch sized to stay in L2, then every channel
+//! runs the direct depthwise kernel of [`conv2d`](super::conv2d) on those rows with the band's own top and
+//! bottom padding, applying the expand bias and activation as it pads them (in L1, in its vector versions,
+//! with no separate pass; rows shared between bands get it once per band). Rows shared with the previous
+//! band of the same thread are kept (moved to the front of the scratch), so only pieces of rows after the
+//! first (and rows a thread takes over from another) recompute a halo of `k − stride` expanded rows. With a
+//! projection, the depthwise rows of the band go to the scratch and are projected from there into the
+//! output rows, as in [`depthwise_project`].
 
 use ndarray::{ArrayView2, ArrayViewMut2, ArrayViewMut3, Axis, ShapeBuilder};
 use rayon::prelude::*;
@@ -72,9 +73,9 @@ const HALO_SHARE: usize = 32;
 /// count is exact in that every expanded pixel is computed at least once (guaranteed by
 /// [`supports_expand_depthwise`]); it does not include the halo rows recomputed where a thread's piece of
 /// rows starts, `(k − stride)·W·hidden·Cin` per piece after the first and per range of rows a thread takes
-/// over from another (one halo per take: at most a few per run, and none when the threads keep pace). Pieces of rows are only used when
-/// that is at most 1/32 of the expand per piece (e.g. one extra row of 256, 0.4 %, for 3×3 stride 2 at
-/// 256² on two threads); one thread, or a split by channels, recomputes nothing.
+/// over from another (one halo per take: none when the threads keep pace). Pieces of rows are only used
+/// when that is at most 1/32 of the expand per piece (e.g. one extra row of 256, 0.4 %, for 3×3 stride 2
+/// at 256² on two threads); one thread, or a split by channels, recomputes nothing.
 ///
 /// Pairs that [`supports_expand_depthwise`] rejects (and projections that
 /// [`supports_expand_depthwise_project`] rejects) are computed unfused, through temporary buffers.
