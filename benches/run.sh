@@ -9,15 +9,16 @@
 # default 5) and each is summarised by the median of its round medians; the table also gives the ratio against
 # onnxruntime's best round, which favours the peer. Within a round each network is timed over a similar
 # stretch of seconds by both: criterion measures toparch for 8 s per case, onnxruntime runs ORT_RUNS times
-# per case (default 300: 4-12 s). Each cold start runs COLD_PROCESSES times (default 5), each time in a fresh
-# process, and the table reports the median process.
+# per case (default 300: 4-12 s). Each cold start runs COLD_PROCESSES times (default 9), each time in a fresh
+# process, and the table reports the median process: a first run is a single sample, and one taken in a slow
+# second against a warm median taken in fast ones reads 1.3-2x, so a median over few processes still varies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shared=../shared
 target=${CARGO_TARGET_DIR:-target}
 out=$target/bench-run
 rounds=${ROUNDS:-5}
-cold_processes=${COLD_PROCESSES:-5}
+cold_processes=${COLD_PROCESSES:-9}
 ort_runs=${ORT_RUNS:-300}
 if ! [[ "$rounds" =~ ^[1-9][0-9]*$ && "$cold_processes" =~ ^[1-9][0-9]*$ && "$ort_runs" =~ ^[1-9][0-9]*$ ]]; then
   echo "run.sh: ROUNDS, COLD_PROCESSES and ORT_RUNS must be whole numbers of at least 1" >&2
