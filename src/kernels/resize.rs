@@ -16,6 +16,14 @@ struct Tap {
     w1: f32,
 }
 
+impl Tap {
+    /// `w0·a + w1·b`: two products and a sum, no FMA, on every path, so that all give the same values.
+    #[inline(always)]
+    fn blend(&self, a: f32, b: f32) -> f32 {
+        self.w0 * a + self.w1 * b
+    }
+}
+
 /// Taps of every output coordinate, exactly as PyTorch's `upsample_bilinear2d` computes them in `f32`:
 /// `src = max((dst + 0.5)·in/out − 0.5, 0)`, `i0 = min(floor(src), in − 1)`, `i1 = min(i0 + 1, in − 1)`,
 /// `lambda = clamp(src − i0, 0, 1)`.
@@ -155,7 +163,7 @@ fn resize_plane(x: &[f32], y: &mut [f32], plan: &Plan, horizontal: &mut [f32]) {
         .filter(|(_, &needed)| needed)
     {
         for (h, t) in h_row.iter_mut().zip(&plan.cols) {
-            *h = t.w0 * x_row[t.i0] + t.w1 * x_row[t.i1];
+            *h = t.blend(x_row[t.i0], x_row[t.i1]);
         }
     }
     for (y_row, t) in y.chunks_exact_mut(out_w).zip(&plan.rows) {
@@ -163,13 +171,10 @@ fn resize_plane(x: &[f32], y: &mut [f32], plan: &Plan, horizontal: &mut [f32]) {
         let h1 = &horizontal[t.i1 * out_w..][..out_w];
         if plan.stream {
             blend_streamed(h0, h1, t, y_row);
-            continue;
-        }
-        let values = h0.iter().zip(h1).map(|(&a, &b)| t.w0 * a + t.w1 * b);
-        if plan.accumulate {
-            y_row.iter_mut().zip(values).for_each(|(o, v)| *o += v);
+        } else if plan.accumulate {
+            y_row.iter_mut().zip(h0.iter().zip(h1)).for_each(|(o, (&a, &b))| *o += t.blend(a, b));
         } else {
-            y_row.iter_mut().zip(values).for_each(|(o, v)| *o = v);
+            blend_row(h0, h1, t, y_row);
         }
     }
     #[cfg(target_arch = "x86_64")]
@@ -180,13 +185,16 @@ fn resize_plane(x: &[f32], y: &mut [f32], plan: &Plan, horizontal: &mut [f32]) {
     }
 }
 
-/// `y = w0·h0 + w1·h1`, the arithmetic of the cached path (two products and a sum, no FMA, so the values
-/// are the same bit for bit), written with non-temporal stores wherever `y` is 16-byte aligned (with
-/// ordinary stores on architectures other than x86-64).
+/// `y = w0·h0 + w1·h1`, element by element ([`Tap::blend`]).
+#[inline(always)]
+fn blend_row(h0: &[f32], h1: &[f32], t: &Tap, y: &mut [f32]) {
+    y.iter_mut().zip(h0.iter().zip(h1)).for_each(|(o, (&a, &b))| *o = t.blend(a, b));
+}
+
+/// [`blend_row`] written with non-temporal stores wherever `y` is 16-byte aligned (the same two products
+/// and sum four lanes at a time, so the same values bit for bit; ordinary stores on architectures other
+/// than x86-64).
 fn blend_streamed(h0: &[f32], h1: &[f32], t: &Tap, y: &mut [f32]) {
-    let blend = |h0: &[f32], h1: &[f32], y: &mut [f32]| {
-        y.iter_mut().zip(h0.iter().zip(h1)).for_each(|(o, (&a, &b))| *o = t.w0 * a + t.w1 * b)
-    };
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_add_ps, _mm_loadu_ps, _mm_mul_ps, _mm_set1_ps, _mm_stream_ps};
@@ -194,7 +202,7 @@ fn blend_streamed(h0: &[f32], h1: &[f32], t: &Tap, y: &mut [f32]) {
         let body = (y.len() - head) / 4 * 4;
         let (y_head, rest) = y.split_at_mut(head);
         let (y_body, y_tail) = rest.split_at_mut(body);
-        blend(&h0[..head], &h1[..head], y_head);
+        blend_row(&h0[..head], &h1[..head], t, y_head);
         let (h0_body, h1_body) = (&h0[head..head + body], &h1[head..head + body]);
         // SAFETY: SSE is part of the x86-64 baseline. Each step loads four values of `h0_body` and
         // `h1_body` and stores four into `y_body`, all three `body` long (a multiple of 4); `y_body` starts
@@ -207,10 +215,10 @@ fn blend_streamed(h0: &[f32], h1: &[f32], t: &Tap, y: &mut [f32]) {
                 _mm_stream_ps(y_body.as_mut_ptr().add(i), _mm_add_ps(a, b));
             }
         }
-        blend(&h0[head + body..], &h1[head + body..], y_tail);
+        blend_row(&h0[head + body..], &h1[head + body..], t, y_tail);
     }
     #[cfg(not(target_arch = "x86_64"))]
-    blend(h0, h1, y);
+    blend_row(h0, h1, t, y);
 }
 
 #[cfg(test)]
