@@ -59,17 +59,13 @@ echo "CPU: $cpu ($isa); $(date -u +%Y-%m-%d); $runs warm runs per case; $rounds 
 echo
 echo "| network | input | threads | in calibration | measured median (ms) | predicted (ms) | error | each round's error |"
 echo "|---|---|--:|---|--:|--:|--:|---|"
+# One row per case (medians over rounds, every round's error), then the worst and mean |median error|.
 jq -rs '
   def median: sort | if length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
   def r1: . * 10 | round / 10;
   map(. + {error: (100 * (.predicted.latency_ms / .latency_ms.median - 1))})
   | group_by([.threads, .order])
-  | .[] | . as $rows | $rows[0] as $first
-  | "| \($first.label) | \($first.input[1])×\($first.input[2]) | \($first.threads) | \($first.calibrated) | \(map(.latency_ms.median) | median | r1) | \(map(.predicted.latency_ms) | median | r1) | \(map(.error) | median | r1) % | \(sort_by(.round) | map(.error | r1 | tostring) | join(" / ")) |"' \
-    "$out/results.jsonl"
-jq -rs '
-  def median: sort | if length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
-  map(. + {error: (100 * (.predicted.latency_ms / .latency_ms.median - 1))})
-  | group_by([.threads, .order]) | map(map(.error) | median | fabs)
-  | "\nworst |median error|: \(max * 10 | round / 10) %, mean: \(add / length * 10 | round / 10) %"' \
+  | (.[] | . as $rows | $rows[0] as $first
+     | "| \($first.label) | \($first.input[1])×\($first.input[2]) | \($first.threads) | \($first.calibrated) | \(map(.latency_ms.median) | median | r1) | \(map(.predicted.latency_ms) | median | r1) | \(map(.error) | median | r1) % | \(sort_by(.round) | map(.error | r1 | tostring) | join(" / ")) |"),
+    (map(map(.error) | median | fabs) | "\nworst |median error|: \(max | r1) %, mean: \(add / length | r1) %")' \
     "$out/results.jsonl"
