@@ -65,7 +65,8 @@ jq -rs '
   def r1: . * 10 | round / 10;
   map(. + {error: (100 * (.predicted.latency_ms / .latency_ms.median - 1))})
   | group_by([.threads, .order])
-  | (.[] | . as $rows | $rows[0] as $first
-     | "| \($first.label) | \($first.input[1])×\($first.input[2]) | \($first.threads) | \($first.calibrated) | \(map(.latency_ms.median) | median | r1) | \(map(.predicted.latency_ms) | median | r1) | \(map(.error) | median | r1) % | \(sort_by(.round) | map(.error | r1 | tostring) | join(" / ")) |"),
-    (map(map(.error) | median | fabs) | "\nworst |median error|: \(max | r1) %, mean: \(add / length | r1) %")' \
+  | map({first: .[0], error: (map(.error) | median), rows: .})
+  | (.[] | .first as $first
+     | "| \($first.label) | \($first.input[1])×\($first.input[2]) | \($first.threads) | \($first.calibrated) | \(.rows | map(.latency_ms.median) | median | r1) | \(.rows | map(.predicted.latency_ms) | median | r1) | \(.error | r1) % | \(.rows | sort_by(.round) | map(.error | r1 | tostring) | join(" / ")) |"),
+    (map(.error | fabs) | "\nworst |median error|: \(max | r1) %, mean: \(add / length | r1) %")' \
     "$out/results.jsonl"
