@@ -14,10 +14,14 @@
 //! first (and rows a thread takes over from another) recompute a halo of `k − stride` expanded rows. With a
 //! projection, the depthwise rows of the band go to the scratch and are projected from there into the
 //! output rows, as in [`depthwise_project`].
+//!
+//! Pairs without a projection whose 5×5 or 7×7 stride-2 depthwise writes rows of at most 32 columns run
+//! channels-last instead ([`channels_last`]), where those per-channel rows are too short to vectorise well.
 
 use ndarray::{ArrayView2, ArrayViewMut2, ArrayViewMut3, Axis, ShapeBuilder};
 use rayon::prelude::*;
 
+use super::channels_last;
 use super::conv::{dw_channel, is_square_depthwise, Conv2dDims, DwIn, DwOut, DwPlan, FUSED_KERNELS};
 use super::matmul::{gemm, view2};
 use super::separable::{depthwise_project, is_pointwise, project_band, ConvLayer, Projection};
@@ -162,8 +166,11 @@ fn pieces(e: &Conv2dDims, d: &Conv2dDims, projected: bool, threads: usize) -> (b
 }
 
 /// How [`expand_depthwise`] divides a pair it fuses (with a projection when `projected`) among `threads`
-/// threads.
+/// threads: in pieces of rows or of channels, or, channels-last, in blocks of channels.
 pub fn expand_depthwise_split(expand: &Conv2dDims, depthwise: &Conv2dDims, projected: bool, threads: usize) -> Split {
+    if !projected && channels_last::applies(expand, depthwise) {
+        return channels_last::split(expand, depthwise, threads);
+    }
     match pieces(expand, depthwise, projected, threads) {
         (true, piece_h, _) => Split { units: depthwise.out_h, piece: piece_h },
         (false, _, piece_c) => Split { units: expand.out_channels, piece: piece_c },
@@ -178,6 +185,16 @@ fn fused<const K: usize, const S: usize>(p: &Pair, out: &mut [f32]) -> [u64; 3] 
     let (e, d) = (p.expand.dims, p.depthwise.dims);
     let hidden = e.out_channels;
     let out_channels = p.project.map_or(hidden, |pr| pr.layer.dims.out_channels);
+    let macs = |a: usize, b: usize, c: usize, k: usize| (a * b * c * k) as u64;
+    let counts = [
+        macs(hidden, e.in_h, e.in_w, e.in_channels),
+        macs(hidden, d.out_h, d.out_w, K * K),
+        p.project.map_or(0, |_| macs(out_channels, d.out_h, d.out_w, hidden)),
+    ];
+    if p.project.is_none() && channels_last::applies(e, d) {
+        channels_last::expand_depthwise::<K, S>(p.input, p.expand, p.depthwise, out);
+        return counts;
+    }
     let (by_rows, piece_h, piece_c) = pieces(e, d, p.project.is_some(), rayon::current_num_threads());
     // As many output rows per band as keep a piece's expanded rows (and its depthwise and projected rows)
     // within budget (at least one).
@@ -201,12 +218,7 @@ fn fused<const K: usize, const S: usize>(p: &Pair, out: &mut [f32]) -> [u64; 3] 
             }
         });
     }
-    let macs = |a: usize, b: usize, c: usize, k: usize| (a * b * c * k) as u64;
-    [
-        macs(hidden, e.in_h, e.in_w, e.in_channels),
-        macs(hidden, d.out_h, d.out_w, K * K),
-        p.project.map_or(0, |_| macs(out_channels, d.out_h, d.out_w, hidden)),
-    ]
+    counts
 }
 
 /// One thread's bands of a fused pair for the expanded channels `c0..c0 + channels` (every channel with a

@@ -28,6 +28,7 @@ macro_rules! per_kernel_and_stride {
 }
 
 mod activation;
+mod channels_last;
 mod conv;
 mod direct;
 mod elementwise;
