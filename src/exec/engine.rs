@@ -3,7 +3,7 @@
 //! and the multiply-accumulates each node really performed counted.
 
 use super::params::NodeParams;
-use super::plan::{Plan, StepKind};
+use super::plan::{Plan, PlanStep, StepKind};
 use crate::error::{Error, Result};
 use crate::graph::Graph;
 use crate::kernels;
@@ -49,6 +49,27 @@ enum Work {
     Op(Vec<Vec<f32>>),
     /// `other + resize(x)`, accumulated straight into the add's other operand.
     ResizeAdd,
+}
+
+/// The dims of a fused inverted-residual step: its expand (if any), depthwise conv and projection (if any).
+type BlockDims = (Option<kernels::Conv2dDims>, kernels::Conv2dDims, Option<kernels::Conv2dDims>);
+
+/// The [`BlockDims`] of `step`, bound to `work`; `None` for a step that is not a fused inverted-residual block.
+fn block_dims(g: &Graph, step: &PlanStep, work: &Work) -> Option<BlockDims> {
+    let (
+        Work::InvertedResidual { expand, depthwise, project },
+        StepKind::InvertedResidual { depthwise_at, project_at, .. },
+    ) = (work, &step.kind)
+    else {
+        return None;
+    };
+    let shape = |i: usize| &g.node(step.nodes[i]).shape;
+    let input_shape = &g.node(g.node(step.nodes[0]).inputs[0]).shape;
+    let expand_dims = expand.as_ref().map(|e| e.conv.dims(input_shape, shape(0)));
+    let dw_input = if expand.is_some() { shape(0) } else { input_shape };
+    let dw_dims = depthwise.conv.dims(dw_input, shape(*depthwise_at));
+    let project_dims = project.as_ref().zip(*project_at).map(|(p, at)| p.conv.dims(shape(*depthwise_at), shape(at)));
+    Some((expand_dims, dw_dims, project_dims))
 }
 
 /// Time and work of one step of a run.
@@ -127,7 +148,15 @@ impl<'g> Executor<'g> {
             })
             .max()
             .unwrap_or(0);
-        exec.pool.broadcast(|_| kernels::reserve_scratch(gemm_depth));
+        // The largest input a fused pair transposes to run channels-last.
+        let transposed = (exec.plan.steps.iter().zip(&exec.work))
+            .filter_map(|(step, work)| match block_dims(graph, step, work) {
+                Some((Some(expand), depthwise, None)) => Some(kernels::channels_last_input_len(&expand, &depthwise)),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        exec.pool.broadcast(|_| kernels::reserve_scratch(gemm_depth, transposed));
         Ok(exec)
     }
 
@@ -261,13 +290,9 @@ impl<'g> Executor<'g> {
                     let StepKind::InvertedResidual { depthwise_at, project_at, residual } = step.kind else {
                         unreachable!("work is bound from the step's kind")
                     };
-                    let shape = |i: usize| &g.node(step.nodes[i]).shape;
-                    let (x, input_shape) = (buffers.get(first.inputs[0]), &g.node(first.inputs[0]).shape);
-                    let expand_dims = expand.as_ref().map(|e| e.conv.dims(input_shape, shape(0)));
-                    let dw_input = if expand.is_some() { shape(0) } else { input_shape };
-                    let dw_dims = depthwise.conv.dims(dw_input, shape(depthwise_at));
-                    let project_dims =
-                        project.as_ref().zip(project_at).map(|(p, at)| p.conv.dims(shape(depthwise_at), shape(at)));
+                    let x = buffers.get(first.inputs[0]);
+                    let (expand_dims, dw_dims, project_dims) =
+                        block_dims(g, step, &self.work[scheduled.step]).expect("work is bound from the step's kind");
                     let projection = project
                         .as_ref()
                         .zip(project_dims.as_ref())

@@ -78,6 +78,21 @@ pub(super) fn applies(e: &Conv2dDims, d: &Conv2dDims) -> bool {
     block_channels(e, d, 1, vector_isa()).is_some()
 }
 
+/// Floats of the transposed input the pair `(expand, depthwise)` (one that
+/// [`supports_expand_depthwise`](super::supports_expand_depthwise) accepts) needs when it runs channels-last
+/// under the current instruction set, else 0: what [`reserve_scratch`](super::reserve_scratch) reserves.
+pub fn channels_last_input_len(expand: &Conv2dDims, depthwise: &Conv2dDims) -> usize {
+    match applies(expand, depthwise) {
+        true => expand.in_channels * expand.in_h * expand.in_w,
+        false => 0,
+    }
+}
+
+/// Grows this thread's buffer for transposed inputs to `len` floats, faulting its pages in.
+pub(super) fn reserve_transposed(len: usize) {
+    drop(ScratchGuard::take_from(&TRANSPOSED, len));
+}
+
 /// How [`expand_depthwise`] divides the pair among `threads` threads: in blocks of expanded channels.
 pub(super) fn split(e: &Conv2dDims, d: &Conv2dDims, threads: usize) -> Split {
     let block = block_channels(e, d, threads, vector_isa()).unwrap_or(e.out_channels);

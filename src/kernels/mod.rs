@@ -42,6 +42,7 @@ mod softmax;
 mod steal;
 
 pub use activation::Activation;
+pub use channels_last::channels_last_input_len;
 pub use conv::{conv2d, conv2d_split, Conv2dDims};
 pub use elementwise::{add_into, elementwise_split, mul_into};
 pub use fused::{
@@ -157,11 +158,13 @@ pub const SPIN_IDLE: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Grows this thread's scratch buffers to what the kernels usually take (a band of the fused expand +
 /// depthwise kernel with its padded plane, the packed chunks of GEMMs with up to `gemm_depth` rows of `B`, the
-/// widest 1×1 conv's input channels), writing them so that their pages are faulted in: call it on every worker
-/// thread before a first run (a kernel that needs more still grows them).
-pub fn reserve_scratch(gemm_depth: usize) {
+/// widest 1×1 conv's input channels) and the transposed input of a fused pair computed channels-last
+/// (`transposed` floats, [`channels_last_input_len`]), writing them so that their pages are faulted in: call it
+/// on every worker thread before a first run (a kernel that needs more still grows them).
+pub fn reserve_scratch(gemm_depth: usize, transposed: usize) {
     with_scratch(fused::BAND_FLOATS + fused::BAND_FLOATS / 4, |_| ());
     direct::reserve_packed(gemm_depth);
+    channels_last::reserve_transposed(transposed);
 }
 
 /// A per-thread buffer of the kernels.
