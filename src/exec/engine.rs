@@ -151,7 +151,9 @@ impl<'g> Executor<'g> {
         // The largest input a fused pair transposes to run channels-last.
         let transposed = (exec.plan.steps.iter().zip(&exec.work))
             .filter_map(|(step, work)| match block_dims(graph, step, work) {
-                Some((Some(expand), depthwise, None)) => Some(kernels::channels_last_input_len(&expand, &depthwise)),
+                Some((Some(expand), depthwise, None)) => {
+                    Some(kernels::channels_last_input_len(&expand, &depthwise, threads))
+                }
                 _ => None,
             })
             .max()

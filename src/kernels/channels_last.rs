@@ -10,7 +10,8 @@
 //! contiguous) below the zero rows of the top padding, and one pass adds their bias and applies their
 //! activation; the depthwise then reads each tap of a tile of output pixels as one vector of channels (only
 //! the few output columns at the left and right edges check their taps), and every output row goes back to
-//! channel planes through a small tile. Blocks are independent: they run in parallel and recompute nothing.
+//! channel planes through a small tile. Blocks are independent and recompute nothing. The fused kernel
+//! takes this path on one thread only ([`applies`]).
 
 use std::cell::Cell;
 
@@ -21,7 +22,7 @@ use super::fused::BAND_FLOATS;
 use super::matmul::{gemm, view2, view2_mut};
 use super::separable::ConvLayer;
 use super::simd::{bias_activate, F32x8, Vector};
-use super::{vector_isa, Isa, ScratchGuard, Split};
+use super::{vector_isa, Isa, ScratchGuard};
 
 /// Widest depthwise output row computed channels-last; wider maps keep the per-channel kernels, which
 /// vectorise along their rows.
@@ -58,31 +59,34 @@ fn inner_columns(d: &Conv2dDims) -> (usize, usize) {
     (lo, hi.max(lo))
 }
 
-/// Expanded channels per block on `threads` threads under `isa`: whole vectors, few enough that a
-/// block's expanded map stays within [`BAND_FLOATS`], in a number of blocks that is a multiple of the
-/// threads, as equal as whole vectors allow; `None` when the pair is not computed channels-last (not a
-/// 5×5 or 7×7 kernel at stride 2, rows too wide, or one vector of channels over the budget).
-fn block_channels(e: &Conv2dDims, d: &Conv2dDims, threads: usize, isa: Isa) -> Option<usize> {
+/// Expanded channels per block under `isa`: whole vectors, few enough that a block's expanded map stays
+/// within [`BAND_FLOATS`], in blocks as equal as whole vectors allow; `None` for a pair not computed
+/// channels-last (not a 5×5 or 7×7 kernel at stride 2, rows too wide, or one vector of channels over the
+/// budget).
+fn block_channels(e: &Conv2dDims, d: &Conv2dDims, isa: Isa) -> Option<usize> {
     let l = lanes(isa);
     let fit = BAND_FLOATS / (padded_rows(e, d) * e.in_w) / l * l;
     if d.stride_w != 2 || d.kernel_w < 5 || d.out_w > MAX_OUT_W || fit < l {
         return None;
     }
-    let blocks = e.out_channels.div_ceil(fit).next_multiple_of(threads.max(1));
+    let blocks = e.out_channels.div_ceil(fit);
     Some(e.out_channels.div_ceil(blocks).next_multiple_of(l))
 }
 
 /// Whether [`expand_depthwise`] computes this pair (one that [`fused`](super::fused) supports) channels-last
-/// under the current instruction set.
-pub(super) fn applies(e: &Conv2dDims, d: &Conv2dDims) -> bool {
-    block_channels(e, d, 1, vector_isa()).is_some()
+/// on `threads` threads under the current instruction set: on one thread only. On two, the per-channel
+/// kernels split by channels measured 6–13 % faster than these blocks on TopFormer's shapes (and 20–25 % slower
+/// on one).
+pub(super) fn applies(e: &Conv2dDims, d: &Conv2dDims, threads: usize) -> bool {
+    threads == 1 && block_channels(e, d, vector_isa()).is_some()
 }
 
 /// Floats of the transposed input the pair `(expand, depthwise)` (one that
 /// [`supports_expand_depthwise`](super::supports_expand_depthwise) accepts) needs when it runs channels-last
-/// under the current instruction set, else 0: what [`reserve_scratch`](super::reserve_scratch) reserves.
-pub fn channels_last_input_len(expand: &Conv2dDims, depthwise: &Conv2dDims) -> usize {
-    match applies(expand, depthwise) {
+/// on `threads` threads under the current instruction set, else 0: what
+/// [`reserve_scratch`](super::reserve_scratch) reserves.
+pub fn channels_last_input_len(expand: &Conv2dDims, depthwise: &Conv2dDims, threads: usize) -> usize {
+    match applies(expand, depthwise, threads) {
         true => expand.in_channels * expand.in_h * expand.in_w,
         false => 0,
     }
@@ -93,14 +97,8 @@ pub(super) fn reserve_transposed(len: usize) {
     drop(ScratchGuard::take_from(&TRANSPOSED, len));
 }
 
-/// How [`expand_depthwise`] divides the pair among `threads` threads: in blocks of expanded channels.
-pub(super) fn split(e: &Conv2dDims, d: &Conv2dDims, threads: usize) -> Split {
-    let block = block_channels(e, d, threads, vector_isa()).unwrap_or(e.out_channels);
-    Split { units: e.out_channels, piece: block }
-}
-
 /// The expand `expand` (1×1, stride 1, unpadded) and the depthwise `k × k`, stride `S` conv `depthwise`
-/// after it, for a pair [`applies`] accepts: `input` is `[Cin, H, W]`, `out` `[hidden, Ho, Wo]`, fully
+/// after it, for a pair whose shapes [`applies`] accepts (on any number of threads: blocks run in parallel): `input` is `[Cin, H, W]`, `out` `[hidden, Ho, Wo]`, fully
 /// overwritten. The caller counts the MACs: every expanded pixel and every output is computed once.
 pub(super) fn expand_depthwise<const K: usize, const S: usize>(
     input: &[f32],
@@ -110,7 +108,7 @@ pub(super) fn expand_depthwise<const K: usize, const S: usize>(
 ) {
     let (e, d) = (expand.dims, depthwise.dims);
     let isa = vector_isa();
-    let block = block_channels(e, d, rayon::current_num_threads(), isa).expect("the caller checked `applies`");
+    let block = block_channels(e, d, isa).expect("the caller checked `applies`");
     let pixels = e.in_h * e.in_w;
     // Pixels × input channels, the layout the expand's GEMM reads its rows of `A` in.
     let mut transposed = ScratchGuard::take_from(&TRANSPOSED, pixels * e.in_channels);
@@ -363,27 +361,29 @@ impl Taps<'_> {
 mod tests {
     use super::*;
     use crate::kernels::test_util::{assert_close, depthwise_dims, pointwise_dims, random, unfused, with_pools};
-    use crate::kernels::{expand_depthwise_split, Activation};
+    use crate::kernels::Activation;
 
     #[test]
-    fn applies_to_narrow_stride_2_pairs_only() {
+    fn applies_to_narrow_stride_2_pairs_on_one_thread() {
         let pair = |cin, hidden, h, w, k, s| (pointwise_dims(cin, h, w, hidden), depthwise_dims(hidden, h, w, k, s));
         for isa in [Isa::Portable, Isa::Avx512] {
             let (e, d) = pair(128, 768, 32, 32, 5, 2);
-            let block = block_channels(&e, &d, 2, isa).expect("a narrow stride-2 pair");
-            // Whole vectors, within the budget, in a number of blocks that both threads share equally.
+            let block = block_channels(&e, &d, isa).expect("a narrow stride-2 pair");
+            // Whole vectors, within the budget.
             assert_eq!(block % lanes(isa), 0);
             assert!(padded_rows(&e, &d) * e.in_w * block <= BAND_FLOATS);
-            assert_eq!(768usize.div_ceil(block) % 2, 0);
-            assert_eq!(block_channels(&pair(128, 768, 32, 32, 5, 1).0, &pair(128, 768, 32, 32, 5, 1).1, 1, isa), None);
+            let (e, d) = pair(128, 768, 32, 32, 5, 1);
+            assert_eq!(block_channels(&e, &d, isa), None, "stride 1");
             let (e, d) = pair(16, 64, 130, 130, 5, 2);
-            assert_eq!(block_channels(&e, &d, 1, isa), None, "65 output columns");
+            assert_eq!(block_channels(&e, &d, isa), None, "65 output columns");
             let (e, d) = pair(64, 192, 64, 64, 3, 2);
-            assert_eq!(block_channels(&e, &d, 1, isa), None, "3×3");
+            assert_eq!(block_channels(&e, &d, isa), None, "3×3");
         }
         let (e, d) = pair(128, 768, 32, 32, 5, 2);
-        let want = Split { units: 768, piece: block_channels(&e, &d, 2, vector_isa()).unwrap() };
-        assert_eq!(expand_depthwise_split(&e, &d, false, 2), want);
+        assert!(applies(&e, &d, 1));
+        assert!(!applies(&e, &d, 2), "two threads keep the per-channel kernels");
+        assert_eq!(channels_last_input_len(&e, &d, 1), 128 * 32 * 32);
+        assert_eq!(channels_last_input_len(&e, &d, 2), 0);
     }
 
     #[test]
@@ -406,7 +406,7 @@ mod tests {
         with_pools(|setup| {
             for (i, &(cin, hidden, h, w, k)) in cases.iter().enumerate() {
                 let (e, d) = (pointwise_dims(cin, h, w, hidden), depthwise_dims(hidden, h, w, k, 2));
-                assert!(applies(&e, &d), "{e:?} {d:?}");
+                assert!(applies(&e, &d, 1), "{e:?} {d:?}");
                 let x = random(cin * h * w, 1, 2.0);
                 let (ew, eb) = (random(hidden * cin, 2, 1.0), random(hidden, 3, 1.0));
                 let (dw, db) = (random(hidden * k * k, 4, 1.0), random(hidden, 5, 1.0));

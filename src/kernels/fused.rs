@@ -15,8 +15,9 @@
 //! projection, the depthwise rows of the band go to the scratch and are projected from there into the
 //! output rows, as in [`depthwise_project`].
 //!
-//! Pairs without a projection whose 5×5 or 7×7 stride-2 depthwise writes rows of at most 32 columns run
-//! channels-last instead ([`channels_last`]), where those per-channel rows are too short to vectorise well.
+//! On one thread, pairs without a projection whose 5×5 or 7×7 stride-2 depthwise writes rows of at most 32
+//! columns run channels-last instead ([`channels_last`]), where those per-channel rows are too short to
+//! vectorise well.
 
 use ndarray::{ArrayView2, ArrayViewMut2, ArrayViewMut3, Axis, ShapeBuilder};
 use rayon::prelude::*;
@@ -166,11 +167,8 @@ fn pieces(e: &Conv2dDims, d: &Conv2dDims, projected: bool, threads: usize) -> (b
 }
 
 /// How [`expand_depthwise`] divides a pair it fuses (with a projection when `projected`) among `threads`
-/// threads: in pieces of rows or of channels, or, channels-last, in blocks of channels.
+/// threads: in pieces of rows or of channels (one piece on one thread, also channels-last).
 pub fn expand_depthwise_split(expand: &Conv2dDims, depthwise: &Conv2dDims, projected: bool, threads: usize) -> Split {
-    if !projected && channels_last::applies(expand, depthwise) {
-        return channels_last::split(expand, depthwise, threads);
-    }
     match pieces(expand, depthwise, projected, threads) {
         (true, piece_h, _) => Split { units: depthwise.out_h, piece: piece_h },
         (false, _, piece_c) => Split { units: expand.out_channels, piece: piece_c },
@@ -191,7 +189,7 @@ fn fused<const K: usize, const S: usize>(p: &Pair, out: &mut [f32]) -> [u64; 3] 
         macs(hidden, d.out_h, d.out_w, K * K),
         p.project.map_or(0, |_| macs(out_channels, d.out_h, d.out_w, hidden)),
     ];
-    if p.project.is_none() && channels_last::applies(e, d) {
+    if p.project.is_none() && channels_last::applies(e, d, rayon::current_num_threads()) {
         channels_last::expand_depthwise::<K, S>(p.input, p.expand, p.depthwise, out);
         return counts;
     }
