@@ -75,8 +75,8 @@ fn block_channels(e: &Conv2dDims, d: &Conv2dDims, isa: Isa) -> Option<usize> {
 
 /// Whether [`expand_depthwise`] computes this pair (one that [`fused`](super::fused) supports) channels-last
 /// on `threads` threads under the current instruction set: on one thread only. On two, the per-channel
-/// kernels split by channels measured 6–13 % faster than these blocks on TopFormer's shapes (and 20–25 % slower
-/// on one).
+/// kernels split by channels measured 6–13 % faster than these blocks on TopFormer's shapes (and 18–27 %
+/// slower on one).
 pub(super) fn applies(e: &Conv2dDims, d: &Conv2dDims, threads: usize) -> bool {
     threads == 1 && block_channels(e, d, vector_isa()).is_some()
 }
@@ -98,8 +98,9 @@ pub(super) fn reserve_transposed(len: usize) {
 }
 
 /// The expand `expand` (1×1, stride 1, unpadded) and the depthwise `k × k`, stride `S` conv `depthwise`
-/// after it, for a pair whose shapes [`applies`] accepts (on any number of threads: blocks run in parallel): `input` is `[Cin, H, W]`, `out` `[hidden, Ho, Wo]`, fully
-/// overwritten. The caller counts the MACs: every expanded pixel and every output is computed once.
+/// after it, for a pair whose shapes [`applies`] accepts (on any number of threads: blocks run in parallel):
+/// `input` is `[Cin, H, W]`, `out` `[hidden, Ho, Wo]`, fully overwritten. The caller counts the MACs: every
+/// expanded pixel and every output is computed once.
 pub(super) fn expand_depthwise<const K: usize, const S: usize>(
     input: &[f32],
     expand: ConvLayer,
