@@ -4,18 +4,16 @@
 //! On a map a few dozen pixels wide the per-channel kernels of [`fused`](super::fused) spend more time
 //! padding each channel and splitting its short rows into stride phases than multiplying (a 768-channel 5×5
 //! stride-2 depthwise on 32² took over three times as long as onnxruntime's channel-blocked kernel). Here
-//! the vectors run across channels instead: the input is transposed once to pixels × input channels (in
-//! parallel), and the expanded channels are taken in blocks that keep a block's whole expanded map in L2.
+//! the vectors run across channels instead: the input is transposed once to pixels × input channels, and
+//! the expanded channels are taken in blocks that keep a block's whole expanded map in L2.
 //! For a block, one GEMM `Xᵀ[pixels, Cin] · Wᵀ[Cin, block]` writes the expanded pixels (channels
 //! contiguous) below the zero rows of the top padding, and one pass adds their bias and applies their
 //! activation; the depthwise then reads each tap of a tile of output pixels as one vector of channels (only
 //! the few output columns at the left and right edges check their taps), and every output row goes back to
-//! channel planes through a small tile. Blocks are independent and recompute nothing. The fused kernel
-//! takes this path on one thread only ([`applies`]).
+//! channel planes through a small tile. Blocks recompute nothing. The fused kernel takes this path on one
+//! thread only ([`applies`]), so it runs serially.
 
 use std::cell::Cell;
-
-use rayon::prelude::*;
 
 use super::conv::Conv2dDims;
 use super::fused::BAND_FLOATS;
@@ -98,8 +96,7 @@ pub(super) fn reserve_transposed(len: usize) {
 }
 
 /// The expand `expand` (1×1, stride 1, unpadded) and the depthwise `k × k`, stride `S` conv `depthwise`
-/// after it, for a pair whose shapes [`applies`] accepts (on any number of threads: blocks run in parallel):
-/// `input` is `[Cin, H, W]`, `out` `[hidden, Ho, Wo]`, fully overwritten. The caller counts the MACs: every
+/// after it, for a pair whose shapes [`applies`] accepts, on the calling thread, block after block: `input` is `[Cin, H, W]`, `out` `[hidden, Ho, Wo]`, fully overwritten. The caller counts the MACs: every
 /// expanded pixel and every output is computed once.
 pub(super) fn expand_depthwise<const K: usize, const S: usize>(
     input: &[f32],
@@ -114,56 +111,52 @@ pub(super) fn expand_depthwise<const K: usize, const S: usize>(
     // Pixels × input channels, the layout the expand's GEMM reads its rows of `A` in.
     let mut transposed = ScratchGuard::take_from(&TRANSPOSED, pixels * e.in_channels);
     let xt = transposed.as_mut_slice();
-    let (cin, threads) = (e.in_channels, rayon::current_num_threads());
-    let piece = pixels.div_ceil(threads).next_multiple_of(8) * cin;
-    xt.par_chunks_mut(piece).enumerate().for_each(|(i, xt)| transpose_columns(input, cin, pixels, i * piece / cin, xt));
+    transpose(&input[..e.in_channels * pixels], e.in_channels, pixels, xt);
     let xt = &*xt;
     let plane = d.out_h * d.out_w;
-    out.par_chunks_mut(block * plane).enumerate().with_max_len(1).for_each(|(b, out)| {
+    for (b, out) in out.chunks_mut(block * plane).enumerate() {
         let blk = Block { xt, expand, depthwise, c0: b * block, channels: out.len() / plane };
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `isa` is what `vector_isa` detected on this CPU (or less).
         unsafe {
             match isa {
-                Isa::Avx512 => return block_avx512::<K, S>(&blk, out),
-                Isa::Avx2Fma => return block_avx2::<K, S>(&blk, out),
+                Isa::Avx512 => {
+                    block_avx512::<K, S>(&blk, out);
+                    continue;
+                }
+                Isa::Avx2Fma => {
+                    block_avx2::<K, S>(&blk, out);
+                    continue;
+                }
                 Isa::Portable => {}
             }
         }
         blk.run::<K, S, F32x8>(out);
-    });
+    }
 }
 
-/// `dst[j · rows + i] = src[i · cols + j]`: the `rows × cols` row-major `src` transposed.
+/// `dst[j · rows + i] = src[i · cols + j]`: the `rows × cols` row-major `src` transposed into the first
+/// `rows · cols` values of `dst`, in tiles of 8 × 8 (whole tiles with fixed bounds, which the compiler unrolls).
 fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    transpose_columns(src, rows, cols, 0, dst);
-}
-
-/// Columns `j0..` of the `rows × cols` row-major `src`, as many as `dst` holds rows of `rows` values, transposed
-/// into `dst` (`dst[(j − j0) · rows + i] = src[i · cols + j]`), in tiles of 8 × 8 (whole tiles with fixed
-/// bounds, which the compiler unrolls).
-fn transpose_columns(src: &[f32], rows: usize, cols: usize, j0: usize, dst: &mut [f32]) {
     const T: usize = 8;
-    let j_end = j0 + dst.len() / rows;
-    debug_assert!(j_end <= cols && dst.len().is_multiple_of(rows), "whole columns of `src`");
+    let (src, dst) = (&src[..rows * cols], &mut dst[..rows * cols]);
     for i0 in (0..rows).step_by(T) {
-        for jt in (j0..j_end).step_by(T) {
-            if i0 + T <= rows && jt + T <= j_end {
+        for j0 in (0..cols).step_by(T) {
+            if i0 + T <= rows && j0 + T <= cols {
                 let mut tile = [[0.0f32; T]; T];
                 for (i, row) in tile.iter_mut().enumerate() {
-                    row.copy_from_slice(&src[(i0 + i) * cols + jt..][..T]);
+                    row.copy_from_slice(&src[(i0 + i) * cols + j0..][..T]);
                 }
                 for j in 0..T {
-                    let out = &mut dst[(jt - j0 + j) * rows + i0..][..T];
-                    for (i, o) in out.iter_mut().enumerate() {
+                    for (i, o) in dst[(j0 + j) * rows + i0..][..T].iter_mut().enumerate() {
                         *o = tile[i][j];
                     }
                 }
                 continue;
             }
             for i in i0..(i0 + T).min(rows) {
-                for j in jt..(jt + T).min(j_end) {
-                    dst[(j - j0) * rows + i] = src[i * cols + j];
+                for j in j0..(j0 + T).min(cols) {
+                    dst[j * rows + i] = src[i * cols + j];
                 }
             }
         }
@@ -216,7 +209,7 @@ impl Block<'_> {
         for (dst, src, k) in
             [(&mut *expand_w, self.expand.weight, cin), (&mut *depthwise_w, self.depthwise.weight, taps)]
         {
-            transpose(&src[chans.start * k..chans.end * k], self.channels, k, &mut dst[..self.channels * k]);
+            transpose(&src[chans.start * k..chans.end * k], self.channels, k, dst);
             spread_rows(dst, self.channels, width, k);
         }
         for (dst, src) in [(&mut *expand_b, self.expand.bias), (&mut *depthwise_b, self.depthwise.bias)] {
